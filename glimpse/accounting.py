@@ -1,0 +1,44 @@
+"""Fair accounting of what a model costs: parameters, MACs per image, distinct pixels read."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from glimpse.sensor import patch_origins
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def macs_per_image(model: nn.Module, images: Tensor) -> float:
+    """Multiply-accumulates of one inference forward (greedy policy), measured by FlopCounterMode."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(images, greedy=True)
+    model.train(was_training)
+    return counter.get_total_flops() / 2 / images.shape[0]
+
+
+def pixels_read(locations: Tensor | None, sides: list[int], height: int, width: int) -> Tensor:
+    """Distinct image pixels (spatial positions, all channels) inside any patch of any glimpse, per image.
+
+    `locations` (B, T, 2); a model that looks at the whole image (no locations) reads height * width.
+    """
+    if locations is None:
+        return torch.full((1,), float(height * width))
+    b, t, _ = locations.shape
+    seen = torch.zeros(b, height, width, dtype=torch.bool, device=locations.device)
+    rows = torch.arange(height, device=locations.device)
+    cols = torch.arange(width, device=locations.device)
+    for step in range(t):
+        for side in sides:
+            top, left = patch_origins(locations[:, step], side, height, width)
+            in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
+            in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+            seen |= in_rows[:, :, None] & in_cols[:, None, :]
+    return seen.flatten(1).sum(1).float()

@@ -1,0 +1,113 @@
+"""Checks a composed config before any work starts: one clear line per mistake (errors.ConfigError)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from glimpse.data import SOURCES
+from glimpse.errors import ConfigError, UserError
+from glimpse.models import MODELS
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("data", "model", "trainer", "experiment")
+
+
+def choices(group: str) -> list[str]:
+    """The options of a config group: the yaml files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(args: list[str]) -> None:
+    """Refuse an unknown `group=option` on the command line before Hydra composes anything."""
+    for arg in args:
+        m = re.fullmatch(r"\+?(data|model|trainer|experiment)=(.*)", arg)
+        if not m:
+            continue
+        group, value = m.groups()
+        for option in value.split(","):  # multirun: data=mnist,cluttered_mnist60
+            if option and option != "null" and option not in choices(group):
+                raise ConfigError(group, option, ", ".join(choices(group)))
+
+
+def _get(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    return node
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first invalid value."""
+
+    def positive_int(key: str, optional: bool = False) -> None:
+        v = _get(cfg, key)
+        if optional and v is None:
+            return
+        if not (_is_int(v) and v > 0):
+            raise ConfigError(key, v, "a positive integer" + (" or null" if optional else ""))
+
+    def one_of(key: str, allowed: tuple[str, ...] | list[str]) -> None:
+        v = _get(cfg, key)
+        if v not in allowed:
+            raise ConfigError(key, v, ", ".join(allowed))
+
+    one_of("model.name", MODELS)
+    one_of("data.source", tuple(SOURCES))
+    for key in ("sensor.patch", "sensor.scales", "model.glimpses", "model.hidden", "trainer.epochs",
+                "trainer.batch_size", "trainer.eval_samples", "trainer.eval_batch_size"):
+        positive_int(key)
+    for key in ("model.what", "model.where", "model.glimpse_out"):
+        positive_int(key)
+    for key in ("model.std", "trainer.lr"):
+        v = _get(cfg, key)
+        if not (_is_number(v) and v > 0):
+            raise ConfigError(key, v, "a number > 0")
+    v = _get(cfg, "sensor.scale_factor")
+    if not (_is_number(v) and v >= 1):
+        raise ConfigError("sensor.scale_factor", v, "a number >= 1")
+    for key in ("model.reinforce_weight", "model.baseline_weight"):
+        v = _get(cfg, key)
+        if not (_is_number(v) and v >= 0):
+            raise ConfigError(key, v, "a number >= 0")
+    one_of("model.core", ("rnn", "lstm", "gru"))
+    one_of("model.eval_start", ("centre", "random"))
+    one_of("trainer.schedule", ("cosine", "constant"))
+    v = _get(cfg, "data.val_fraction")
+    if not (_is_number(v) and 0 < v < 1):
+        raise ConfigError("data.val_fraction", v, "a number in (0, 1)")
+    for key in ("data.canvas", "data.train_limit", "data.eval_limit"):
+        positive_int(key, optional=True)
+    v = _get(cfg, "data.distractors")
+    if not (_is_int(v) and v >= 0):
+        raise ConfigError("data.distractors", v, "an integer >= 0")
+    positive_int("data.distractor_size")
+    canvas, pos = _get(cfg, "data.canvas"), _get(cfg, "data.position")
+    if pos is not None and (canvas is None or len(pos) != 2 or not all(_is_int(p) and p >= 0 for p in pos)):
+        raise ConfigError("data.position", pos, "null, or [row, column] of the image's top-left pixel on a canvas")
+    if not _is_int(_get(cfg, "seed")):
+        raise ConfigError("seed", _get(cfg, "seed"), "an integer")
+    device = _get(cfg, "device")
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)):
+        raise ConfigError("device", device, "auto, cpu, cuda, cuda:N, mps")
+
+
+def check_image_fits(cfg: DictConfig, height: int, width: int) -> None:
+    """Data-dependent checks: the canvas must hold the image, a fixed position must keep it inside."""
+    canvas, pos = _get(cfg, "data.canvas"), _get(cfg, "data.position")
+    if canvas is not None and canvas < max(height, width):
+        raise ConfigError("data.canvas", canvas, f"null or at least the image side ({max(height, width)})")
+    if pos is not None and (pos[0] + height > canvas or pos[1] + width > canvas):
+        raise ConfigError("data.position", list(pos), f"a top-left pixel that keeps the {height}x{width} image on the {canvas}x{canvas} canvas")
+    if _get(cfg, "data.distractor_size") > min(height, width):
+        raise UserError(f"invalid config: data.distractor_size={_get(cfg, 'data.distractor_size')}; allowed: at most the image side ({min(height, width)})")

@@ -1,0 +1,189 @@
+"""Datasets held in memory as uint8 tensors, and their canvas variants made on whole batches.
+
+A variant puts each image at a random position on a larger blank canvas
+(`data.canvas`) and adds `data.distractors` clutter pieces: random
+`distractor_size` x `distractor_size` crops of other images of the same split,
+summed in and clipped to [0, 1] (Mnih et al. 2014, section 4.1).
+
+Validation is carved from the training set (`data.val_fraction`, fixed by the
+seed). Validation and test canvases are drawn once and are the same at every
+evaluation (test canvases do not depend on the run's seed, so every run is
+scored on the same test set); training canvases are drawn anew every epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+
+from glimpse.errors import UserError
+
+SOURCES = {
+    "mnist": (torchvision.datasets.MNIST, "MNIST/raw"),
+    "fashion_mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST/raw"),
+    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
+}
+TEST_SEED = 20140624  # fixed: the same test canvases for every run and seed
+
+
+def seeded(*key: int | str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose stream depends only on `key`: e.g. seeded(seed, "train", epoch)."""
+    words = [w if isinstance(w, int) else int.from_bytes(w.encode(), "little") for w in key]
+    return torch.Generator(device).manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1))
+
+
+def default_root() -> str:
+    return os.environ.get("GLIMPSE_DATA", "data")
+
+
+def load_source(name: str, root: str | Path, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
+    """One split of a torchvision dataset as (uint8 images (N, C, H, W), int64 labels (N,))."""
+    if name not in SOURCES:
+        raise UserError(f"invalid config: data.source={name!r}; allowed: {', '.join(SOURCES)}")
+    cls, folder = SOURCES[name]
+    root = Path(root).expanduser()
+    try:
+        ds = cls(root=str(root), train=train, download=download)
+    except Exception as err:  # torchvision raises RuntimeError (missing) or URLError/OSError (download failed)
+        how = "download failed" if download else "download is off"
+        raise UserError(
+            f"dataset {name} not found in {(root / folder).resolve()} ({how}: {type(err).__name__}); "
+            f"point data.root=<folder> or GLIMPSE_DATA=<folder> at the folder holding {folder.split('/')[0]}/, "
+            "or set data.download=true"
+        ) from None
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+
+def place(canvas: Tensor, pieces: Tensor, top: Tensor, left: Tensor, owner: Tensor) -> None:
+    """Add `pieces` (K, C, h, w) into `canvas` (B, C, S, S) at (top, left) of image `owner`, in place."""
+    _, c, h, w = pieces.shape
+    dev = canvas.device
+    rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    canvas.index_put_((owner[:, None, None, None], chan, rows, cols), pieces.to(canvas.dtype), accumulate=True)
+
+
+def make_canvas(
+    images: Tensor,
+    size: int,
+    distractors: int,
+    pool: Tensor,
+    generator: torch.Generator,
+    indices: Tensor | None = None,
+    distractor_size: int = 8,
+    position: tuple[int, int] | None = None,
+) -> Tensor:
+    """Put `images` (B, C, h, w) uint8 on size x size canvases with clutter cut from `pool` (N, C, h, w).
+
+    `indices` are the images' positions in `pool`, so that distractors come from other images.
+    `position` fixes the image's top-left pixel (row, column); by default it is uniform at random.
+    """
+    b, c, h, w = images.shape
+    dev, n = images.device, pool.shape[0]
+    canvas = torch.zeros(b, c, size, size, dtype=torch.int16, device=dev)
+    owner = torch.arange(b, device=dev)
+    if position is None:
+        top, left = torch.randint(0, size - h + 1, (2, b), generator=generator, device=dev)
+    else:
+        top, left = (torch.full((b,), p, device=dev) for p in position)
+    place(canvas, images, top, left, owner)
+    if distractors:
+        k, d = b * distractors, distractor_size
+        mine = owner.repeat_interleave(distractors)
+        base = torch.arange(b, device=dev) if indices is None else indices.to(dev)
+        # An offset in [1, n) never lands on the image itself.
+        other = (base.repeat_interleave(distractors) + torch.randint(1, max(n, 2), (k,), generator=generator, device=dev)) % n
+        cy, cx, py, px = torch.randint(0, 1 << 30, (4, k), generator=generator, device=dev)
+        cy, cx = cy % (h - d + 1), cx % (w - d + 1)
+        py, px = py % (size - d + 1), px % (size - d + 1)
+        src = pool[other]
+        rows = (cy[:, None] + torch.arange(d, device=dev))[:, None, :, None]
+        cols = (cx[:, None] + torch.arange(d, device=dev))[:, None, None, :]
+        pieces = src[torch.arange(k, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+        place(canvas, pieces, py, px, mine)
+    return canvas.clamp_(max=255).to(torch.uint8)
+
+
+@dataclass
+class Split:
+    images: Tensor  # uint8 (N, C, h, w): the source images
+    labels: Tensor  # int64 (N,)
+    fixed: Tensor | None = None  # uint8 (N, C, S, S): canvases drawn once (validation, test)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class GlimpseData:
+    """Train / validation / test splits on `device`, served as float batches in [0, 1]."""
+
+    def __init__(self, cfg, seed: int, device: torch.device | str = "cpu"):
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        root = cfg.root if cfg.get("root") else default_root()
+        train_x, train_y = load_source(cfg.source, root, True, bool(cfg.get("download", False)))
+        test_x, test_y = load_source(cfg.source, root, False, bool(cfg.get("download", False)))
+        order = torch.randperm(len(train_y), generator=seeded(seed, "split"))
+        n_val = int(round(cfg.val_fraction * len(train_y)))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        if cfg.get("train_limit"):
+            train_idx = train_idx[: cfg.train_limit]
+        if cfg.get("eval_limit"):
+            val_idx, test_x, test_y = val_idx[: cfg.eval_limit], test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+        to = dict(device=self.device)
+        self.train = Split(train_x[train_idx].to(**to), train_y[train_idx].to(**to))
+        self.val = Split(train_x[val_idx].to(**to), train_y[val_idx].to(**to))
+        self.test = Split(test_x.to(**to), test_y.to(**to))
+        self.val.fixed = self._canvases(self.val, seeded(seed, "val", device=self.device))
+        self.test.fixed = self._canvases(self.test, seeded(TEST_SEED, "test", device=self.device))
+
+    @property
+    def canvas(self) -> int | None:
+        return self.cfg.get("canvas")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return (c, self.canvas, self.canvas) if self.canvas else (c, h, w)
+
+    @property
+    def classes(self) -> int:
+        return 10
+
+    def _draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
+        images = split.images[idx]
+        if not self.canvas:
+            return images
+        position = self.cfg.get("position")
+        return make_canvas(
+            images, self.canvas, self.cfg.get("distractors", 0), split.images, generator, indices=idx,
+            distractor_size=self.cfg.get("distractor_size", 8), position=tuple(position) if position else None,
+        )
+
+    def _canvases(self, split: Split, generator: torch.Generator, chunk: int = 4096) -> Tensor | None:
+        if not self.canvas:
+            return None
+        idx = torch.arange(len(split), device=self.device)
+        return torch.cat([self._draw(split, i, generator) for i in idx.split(chunk)]) if len(split) else split.images
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch: shuffled, with fresh canvases (drawn with `generator`, so an epoch is reproducible)."""
+        order = torch.randperm(len(self.train), generator=generator, device=self.device)
+        for idx in order.split(batch_size):
+            yield self._draw(self.train, idx, generator).float().div_(255), self.train.labels[idx]
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Validation or test in a fixed order, the same canvases every time."""
+        s = getattr(self, split)
+        images = s.fixed if s.fixed is not None else s.images
+        for lo in range(0, len(s), batch_size):
+            yield images[lo : lo + batch_size].float().div_(255), s.labels[lo : lo + batch_size]

@@ -37,7 +37,7 @@ def pixels_read(locations: Tensor | None, sides: list[int], height: int, width: 
     cols = torch.arange(width, device=locations.device)
     for step in range(t):
         for side in sides:
-            top, left = patch_origins(locations[:, step], side, height, width)
+            left, top = patch_origins(locations[:, step], side, height, width).unbind(1)
             in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
             in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
             seen |= in_rows[:, :, None] & in_cols[:, None, :]

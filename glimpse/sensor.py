@@ -12,6 +12,8 @@ proportional to the pixels inside its patches and never to the image size.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,24 +24,35 @@ def patch_sides(patch: int, scales: int, scale_factor: float) -> list[int]:
     return [int(round(patch * scale_factor**i)) for i in range(scales)]
 
 
-def patch_origins(locations: Tensor, side: int, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Top-left pixel (row, column) of the side x side patches centred on `locations` (B, 2)."""
-    u = (locations[:, 0] + 1) * (width / 2)
-    v = (locations[:, 1] + 1) * (height / 2)
-    return torch.floor(v - side / 2 + 0.5).long(), torch.floor(u - side / 2 + 0.5).long()
+def patch_origins(locations: Tensor, side: int, height: int, width: int) -> Tensor:
+    """Top-left pixel (column, row) of the side x side patches centred on `locations` (B, 2), as int64 (B, 2)."""
+    half = locations.new_tensor([width / 2, height / 2])
+    return torch.floor((locations + 1) * half - (side / 2 - 0.5)).long()
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(side: int, height: int, width: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Constants of `crop`, made once per shape: a few tensor ops fewer on every glimpse."""
+    half = torch.tensor([width / 2, height / 2], device=device)
+    shift = half - (side / 2 - 0.5)  # origin = floor(l * half + shift)
+    offsets = torch.arange(side, device=device)
+    last = torch.tensor([width - 1, height - 1], device=device)[:, None]
+    return half, shift, offsets, torch.zeros_like(last), last, torch.tensor(width, device=device)
 
 
 def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     """The side x side window of `images` (B, C, H, W) centred on `locations` (B, 2), zero outside."""
     b, c, h, w = images.shape
-    top, left = patch_origins(locations, side, h, w)
-    offsets = torch.arange(side, device=images.device)
-    rows, cols = top[:, None] + offsets, left[:, None] + offsets  # (B, side)
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    half, shift, offsets, first, last, stride = _grid(side, h, w, images.device)
+    origin = torch.addcmul(shift, locations, half).floor_().long()
+    coords = origin[:, :, None] + offsets  # (B, 2, side): the columns and the rows the window covers
+    clamped = torch.clamp(coords, first, last)
+    inside = clamped == coords
+    inside = inside[:, 1, :, None] & inside[:, 0, None, :]
     # One flat gather of exactly the pixels asked for: cost ~ side^2, whatever H and W are.
-    index = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
-    pixels = images.reshape(b, c, h * w).gather(2, index.view(b, 1, side * side).expand(b, c, -1))
-    return pixels.view(b, c, side, side) * inside[:, None].to(images.dtype)
+    index = torch.addcmul(clamped[:, 0, None, :], clamped[:, 1, :, None], stride).view(b, 1, side * side)
+    pixels = images.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, side, side)
+    return pixels * inside[:, None]
 
 
 def retina(images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0) -> Tensor:

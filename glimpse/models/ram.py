@@ -21,58 +21,65 @@ from glimpse.sensor import Sensor
 
 
 class GlimpseNetwork(nn.Module):
-    """g_t = ReLU(Linear(h_g) + Linear(h_l)), with h_g = ReLU(Linear(rho(x, l))) and h_l = ReLU(Linear(l))."""
+    """g_t = ReLU(Linear(h_g) + Linear(h_l)), with h_g = ReLU(Linear(rho(x, l))) and h_l = ReLU(Linear(l)).
+
+    The two outer Linear maps are held as one Linear on [h_g, h_l]: the same
+    function and parameter count, one matrix product instead of two.
+    """
 
     def __init__(self, in_features: int, what: int = 128, where: int = 128, out: int = 256):
         super().__init__()
         self.what = nn.Linear(in_features, what)  # h_g: what was seen
         self.where = nn.Linear(2, where)  # h_l: where it was seen
-        self.what_out = nn.Linear(what, out)
-        self.where_out = nn.Linear(where, out)
+        self.out = nn.Linear(what + where, out)  # Linear(h_g) + Linear(h_l)
 
     def forward(self, patches: Tensor, locations: Tensor) -> Tensor:
         h_g = F.relu(self.what(patches.flatten(1)))
         h_l = F.relu(self.where(locations))
-        return F.relu(self.what_out(h_g) + self.where_out(h_l))
+        return F.relu(self.out(torch.cat((h_g, h_l), 1)))
 
 
 class CoreNetwork(nn.Module):
-    """h_t = f_h(h_{t-1}, g_t): `rnn` is the paper's ReLU(Linear(h_{t-1}) + Linear(g_t)); or an LSTM or GRU cell."""
+    """h_t = f_h(h_{t-1}, g_t): `rnn` is the paper's ReLU(Linear(h_{t-1}) + Linear(g_t)); or an LSTM or GRU cell.
 
-    CELLS = {"rnn": lambda i, h: nn.RNNCell(i, h, nonlinearity="relu"), "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+    For `rnn` the two Linear maps are held as one on [g_t, h_{t-1}] (one matrix product).
+    """
 
     def __init__(self, kind: str, in_features: int, hidden: int):
         super().__init__()
         self.kind, self.hidden = kind, hidden
-        self.cell = self.CELLS[kind](in_features, hidden)
+        if kind == "rnn":
+            self.cell = nn.Linear(in_features + hidden, hidden)
+        else:
+            self.cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind](in_features, hidden)
 
-    def initial(self, batch: int, device: torch.device) -> Tensor | tuple[Tensor, Tensor]:
-        h = torch.zeros(batch, self.hidden, device=device)
-        return (h, torch.zeros_like(h)) if self.kind == "lstm" else h
-
-    def forward(self, g: Tensor, state: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    def forward(self, g: Tensor, state: Tensor | tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        """(h_t, state_t) from g_t and state_{t-1}; state None is the zero state h_0 = 0."""
+        if self.kind == "rnn":
+            if state is None:  # h_0 = 0: skip its half of the product
+                h = F.relu(F.linear(g, self.cell.weight[:, : g.shape[1]], self.cell.bias))
+            else:
+                h = F.relu(self.cell(torch.cat((g, state), 1)))
+            return h, h
         state = self.cell(g, state)
         return (state[0] if self.kind == "lstm" else state), state
 
 
 class LocationNetwork(nn.Module):
-    """l_{t+1} ~ N(mu, std^2 I) with mu = tanh(Linear(h_t)) on the detached core state; l clamped to [-1, 1]."""
+    """l_{t+1} ~ N(mu_t, std^2 I) with mu_t = tanh(Linear(h_t)) on the detached core state; l clamped to [-1, 1]."""
 
     def __init__(self, hidden: int, std: float):
         super().__init__()
         self.fc = nn.Linear(hidden, 2)
         self.std = std
 
-    def forward(self, h: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (mean, sampled location before clamping, log pi of that sample)."""
-        mu = torch.tanh(self.fc(h.detach()))
-        if greedy:
-            sample = mu.detach()
-        else:
-            sample = mu.detach() + self.std * torch.randn(mu.shape, generator=generator, device=mu.device)
-        # log N(sample; mu, std^2), summed over x and y; the gradient reaches mu only.
-        log_pi = -((sample - mu) ** 2).sum(-1) / (2 * self.std**2) - 2 * math.log(self.std) - math.log(2 * math.pi)
-        return mu, sample, log_pi
+    def forward(self, h: Tensor) -> Tensor:
+        """mu_t, the policy's mean."""
+        return torch.tanh(self.fc(h.detach()))
+
+    def log_prob(self, samples: Tensor, mu: Tensor) -> Tensor:
+        """log N(samples; mu, std^2 I), summed over x and y; the gradient reaches mu only."""
+        return -((samples.detach() - mu) ** 2).sum(-1) / (2 * self.std**2) - 2 * math.log(self.std) - math.log(2 * math.pi)
 
 
 class BaselineNetwork(nn.Module):
@@ -143,19 +150,33 @@ class RAM(nn.Module):
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
         b, device = images.shape[0], images.device
-        loc = self.start(b, device, generator)
-        state = self.core.initial(b, device)
-        locations, log_pis, baselines, means = [loc], [], [], []
-        for t in range(self.glimpses):
+        start = self.start(b, device, generator)
+        noise = None if greedy else self.location_net.std * torch.randn(b, self.glimpses - 1, 2, generator=generator, device=device)
+        return self.episode(images, start, noise)
+
+    def episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
+        """One episode from l_1 = `loc`, with the policy's noise (B, T-1, 2) given (None: greedy, the means)."""
+        b, device, steps = images.shape[0], images.device, self.glimpses
+        state = None
+        hs, locations, samples = [], [loc], []
+        for t in range(steps):
             g = self.glimpse_net(self.sensor(images, loc), loc)
             h, state = self.core(g, state)
-            if t == self.glimpses - 1:
+            hs.append(h)
+            if t == steps - 1:
                 break  # no location after the last glimpse: nothing unused enters REINFORCE
-            mu, sample, log_pi = self.location_net(h, greedy, generator)
+            with torch.no_grad():
+                sample = self.location_net(h)
+                if noise is not None:
+                    sample = sample + noise[:, t]
             loc = sample.clamp(-1, 1)
+            samples.append(sample)
             locations.append(loc)
-            log_pis.append(log_pi)
-            means.append(mu)
-            baselines.append(self.baseline_net(h))
-        stack = lambda xs: torch.stack(xs, 1) if xs else None  # noqa: E731
-        return Episode(self.action_net(h), torch.stack(locations, 1), stack(log_pis), stack(baselines), stack(means))
+        if steps == 1:
+            return Episode(self.action_net(h), torch.stack(locations, 1))
+        # The policy's means and the baselines for all steps at once, now that the episode is known:
+        # the same values as inside the loop, in one matrix product each, and differentiable.
+        states = torch.stack(hs[:-1], 1)
+        means = self.location_net(states)
+        log_pi = self.location_net.log_prob(torch.stack(samples, 1), means)
+        return Episode(self.action_net(h), torch.stack(locations, 1), log_pi, self.baseline_net(states), means)

@@ -54,7 +54,7 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
     except Exception as err:  # torchvision raises RuntimeError (missing) or URLError/OSError (download failed)
         how = "download failed" if download else "download is off"
         raise UserError(
-            f"dataset {name} not found in {(root / folder).resolve()} ({how}: {type(err).__name__}); "
+            f"dataset {name} not found (or incomplete) in {(root / folder).resolve()} ({how}: {type(err).__name__}); "
             f"point data.root=<folder> or GLIMPSE_DATA=<folder> at the folder holding {folder.split('/')[0]}/, "
             "or set data.download=true"
         ) from None

@@ -1,0 +1,110 @@
+"""Datasets and canvas variants: placement, clutter, fixed evaluation canvases, CIFAR-10's code path, missing files."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from glimpse.data import GlimpseData, make_canvas, seeded
+from glimpse.errors import UserError
+from tests.conftest import make_cfg, needs_mnist
+
+
+def digits(n=6, side=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, side, side, generator=g) * 255).to(torch.uint8)
+
+
+def test_translated_canvas_holds_the_whole_digit_once():
+    images = digits()
+    canvas = make_canvas(images, 60, 0, images, seeded(1))
+    assert canvas.shape == (6, 1, 60, 60) and canvas.dtype == torch.uint8
+    for b in range(6):
+        rows, cols = canvas[b, 0].nonzero(as_tuple=True)
+        top, left = rows.min().item(), cols.min().item()
+        assert torch.equal(canvas[b, 0, top : top + 28, left : left + 28], images[b, 0])
+        assert canvas[b].sum() == images[b].sum()
+
+
+def test_fixed_position_puts_the_digit_in_the_corner():
+    images = digits()
+    canvas = make_canvas(images, 60, 0, images, seeded(1), position=(0, 0))
+    assert torch.equal(canvas[:, :, :28, :28], images)
+    assert canvas[:, :, 28:, :].sum() == 0 and canvas[:, :, :, 28:].sum() == 0
+
+
+def test_clutter_adds_pieces_of_other_images_clipped():
+    images = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    images[0] = 200  # the only image with ink: distractors can only come from it, and never land on it
+    canvas = make_canvas(images, 100, 8, images, seeded(2), indices=torch.arange(8))
+    assert canvas.dtype == torch.uint8 and canvas.max() <= 255
+    on_zero = (canvas[0].int() - 0).sum() == 28 * 28 * 200  # image 0 gets no ink of its own
+    assert on_zero
+    pieces = (canvas[1:] > 0).flatten(1).sum(1)
+    assert (pieces > 0).float().mean() > 0.5  # most others got clutter from image 0
+    assert (pieces <= 8 * 64).all()
+    overlap = make_canvas(torch.full((2, 1, 28, 28), 250, dtype=torch.uint8), 28, 8, torch.full((2, 1, 28, 28), 250, dtype=torch.uint8), seeded(3))
+    assert overlap.max() == 255  # sums clip at white
+
+
+@needs_mnist
+def test_splits_are_fixed_by_the_seed_and_evaluation_canvases_never_change():
+    cfg = make_cfg("data=cluttered_mnist60", "data.eval_limit=300", "data.train_limit=500")
+    a, b = GlimpseData(cfg.data, seed=0), GlimpseData(cfg.data, seed=0)
+    other = GlimpseData(cfg.data, seed=1)
+    assert a.image_shape == (1, 60, 60) and len(a.train) == 500 and len(a.val) == 300
+    assert torch.equal(a.val.fixed, b.val.fixed) and torch.equal(a.test.fixed, b.test.fixed)
+    assert not torch.equal(a.val.images, other.val.images)  # the validation split depends on the seed
+    assert torch.equal(a.test.fixed, other.test.fixed)  # the test set does not
+    first = torch.cat([x for x, _ in a.eval_batches("val", 128)])
+    again = torch.cat([x for x, _ in a.eval_batches("val", 100)])
+    assert torch.equal(first, again) and 0 <= first.min() and first.max() <= 1
+    epoch0 = next(a.train_batches(64, seeded(0, "train", 0)))[0]
+    epoch1 = next(a.train_batches(64, seeded(0, "train", 1)))[0]
+    replay = next(b.train_batches(64, seeded(0, "train", 0)))[0]
+    assert torch.equal(epoch0, replay) and not torch.equal(epoch0, epoch1)
+
+
+@needs_mnist
+def test_validation_is_carved_from_training_without_overlap():
+    cfg = make_cfg()
+    data = GlimpseData(cfg.data, seed=0)
+    assert len(data.train) == 54000 and len(data.val) == 6000 and len(data.test) == 10000
+    train = {bytes(x.numpy()) for x in data.train.images[:3000]}
+    assert not any(bytes(x.numpy()) in train for x in data.val.images[:3000])
+
+
+def write_fake_cifar(root, n=20):
+    """A tiny CIFAR-10 in torchvision's pickle layout: 5 training batches and a test batch of `n` images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+def test_cifar10_code_path_on_generated_files(tmp_path, monkeypatch):
+    write_fake_cifar(tmp_path)
+    # torchvision checks the real files' MD5s; ours only need to exist
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    cfg = make_cfg("data=cifar10", f"data.root={tmp_path}")
+    data = GlimpseData(cfg.data, seed=0)
+    assert data.image_shape == (3, 32, 32) and len(data.train) == 90 and len(data.val) == 10 and len(data.test) == 20
+    x, y = next(data.train_batches(16, seeded(0)))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    cluttered = GlimpseData(make_cfg("data=cifar10", f"data.root={tmp_path}", "data.canvas=48", "data.distractors=2").data, seed=0)
+    assert next(cluttered.eval_batches("test", 4))[0].shape == (4, 3, 48, 48)
+
+
+def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):
+    cfg = make_cfg(f"data.root={tmp_path}")
+    with pytest.raises(UserError) as err:
+        GlimpseData(cfg.data, seed=0)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "MNIST/raw" in msg and "GLIMPSE_DATA" in msg and "data.root" in msg
+    assert "\n" not in msg

@@ -1,0 +1,83 @@
+"""RAM's pieces: what each network sees, where each gradient goes, and the hybrid loss."""
+
+import pytest
+import torch
+
+from glimpse.models import build_model
+from glimpse.models.ram import RAM
+from glimpse.objectives import hybrid_loss
+from tests.conftest import make_cfg
+
+
+def small_ram(**kw):
+    torch.manual_seed(0)
+    return RAM((1, 28, 28), 10, glimpses=4, patch=8, **kw)
+
+
+def test_episode_shapes_and_locations_in_range():
+    model = small_ram()
+    ep = model(torch.rand(5, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    assert ep.logits.shape == (5, 10) and ep.locations.shape == (5, 4, 2)
+    # one log-probability and one baseline per location that was actually used for a glimpse
+    assert ep.log_pi.shape == (5, 3) and ep.baselines.shape == (5, 3) and ep.means.shape == (5, 3, 2)
+    assert ep.locations.abs().max() <= 1
+
+
+def test_greedy_policy_follows_the_means_and_starts_at_the_centre():
+    model = small_ram().eval()
+    ep = model(torch.rand(3, 1, 28, 28), greedy=True)
+    assert torch.equal(ep.locations[:, 0], torch.zeros(3, 2))
+    torch.testing.assert_close(ep.locations[:, 1:], ep.means.clamp(-1, 1))
+
+
+@pytest.mark.parametrize("core", ["rnn", "lstm", "gru"])
+def test_every_core_runs_from_the_config(core):
+    cfg = make_cfg(f"model.core={core}", "model.glimpses=3")
+    model = build_model(cfg, (1, 28, 28), 10)
+    assert model(torch.rand(2, 1, 28, 28)).logits.shape == (2, 10)
+
+
+def grads(model, **weights):
+    model.zero_grad()
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.rand(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)
+    ep = model(images, generator=g)
+    loss, _ = hybrid_loss(ep, labels, **weights)
+    loss.backward()
+    norm = lambda m: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)  # noqa: E731
+    return {name: norm(getattr(model, name)) for name in ("glimpse_net", "core", "location_net", "baseline_net", "action_net")}
+
+
+def test_location_network_learns_from_reinforce_only_and_baseline_from_its_error_only():
+    model = small_ram()
+    ce_only = grads(model, reinforce_weight=0.0, baseline_weight=0.0)
+    assert ce_only["location_net"] == 0 and ce_only["baseline_net"] == 0
+    assert ce_only["glimpse_net"] > 0 and ce_only["core"] > 0 and ce_only["action_net"] > 0
+    reinforce_only = grads(model, reinforce_weight=1.0, baseline_weight=0.0)
+    assert reinforce_only["location_net"] > 0 and reinforce_only["baseline_net"] == 0
+    # REINFORCE does not reach the core: its state is detached before the location network
+    assert reinforce_only["core"] == pytest.approx(ce_only["core"])
+    baseline_only = grads(model, reinforce_weight=0.0, baseline_weight=1.0)
+    assert baseline_only["baseline_net"] > 0 and baseline_only["location_net"] == 0
+    assert baseline_only["core"] == pytest.approx(ce_only["core"])
+
+
+@pytest.mark.parametrize("correct, direction", [(True, 1), (False, -1)])
+def test_reinforce_moves_the_mean_towards_rewarded_samples_and_away_from_the_others(correct, direction):
+    """A gradient step on the REINFORCE term raises log pi of a sample whose advantage R - b is positive."""
+    from glimpse.models.common import Episode
+    from glimpse.models.ram import LocationNetwork
+
+    policy = LocationNetwork(hidden=4, std=0.2)
+    mu = torch.zeros(8, 1, 2, requires_grad=True)
+    samples = torch.full((8, 1, 2), 0.3)
+    labels = torch.zeros(8, dtype=torch.long)
+    logits = torch.zeros(8, 10)
+    logits[:, 0 if correct else 1] = 5.0  # reward 1 or 0 for every image
+    baselines = torch.full((8, 1), 0.5)  # advantage +0.5 or -0.5
+    ep = Episode(logits, None, policy.log_prob(samples, mu), baselines, mu)
+    loss, terms = hybrid_loss(ep, labels, reinforce_weight=1.0, baseline_weight=0.0)
+    assert terms["reward"] == float(correct)
+    loss.backward()
+    step = -mu.grad  # gradient descent direction
+    assert (torch.sign(step) == direction).all()

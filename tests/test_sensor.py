@@ -1,0 +1,86 @@
+"""The retina against a slow per-sample reference written straight from DESIGN.md's definition."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glimpse.sensor import Sensor, crop, patch_sides, retina
+
+
+def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scales: int, factor: float) -> torch.Tensor:
+    """One image (C, H, W): pixel by pixel, zero outside, each patch area-averaged to patch x patch."""
+    c, h, w = image.shape
+    u, v = (x + 1) * w / 2, (y + 1) * h / 2
+    out = []
+    for i in range(scales):
+        side = int(round(patch * factor**i))
+        left, top = math.floor(u - side / 2 + 0.5), math.floor(v - side / 2 + 0.5)
+        window = torch.zeros(c, side, side, dtype=torch.float64)
+        for r in range(side):
+            for q in range(side):
+                if 0 <= top + r < h and 0 <= left + q < w:
+                    window[:, r, q] = image[:, top + r, left + q]
+        if side % patch == 0:
+            k = side // patch
+            small = torch.zeros(c, patch, patch, dtype=torch.float64)
+            for r in range(patch):
+                for q in range(patch):
+                    small[:, r, q] = window[:, r * k : (r + 1) * k, q * k : (q + 1) * k].mean((1, 2))
+        else:
+            small = F.adaptive_avg_pool2d(window[None], patch)[0]
+        out.append(small)
+    return torch.stack(out)
+
+
+BORDER = [(-1.0, -1.0), (1.0, 1.0), (-1.0, 1.0), (1.0, -1.0), (0.0, 0.0), (-0.96875, 0.5), (0.999, -0.999)]
+
+
+@pytest.mark.parametrize(
+    "shape, patch, scales, factor",
+    [((1, 28, 28), 8, 1, 2.0), ((1, 60, 60), 12, 3, 2.0), ((1, 100, 100), 12, 4, 2.0), ((3, 32, 32), 5, 2, 2.0),
+     ((1, 40, 56), 6, 3, 1.5), ((2, 9, 13), 4, 2, 3.0)],
+)
+def test_retina_matches_the_per_sample_reference(shape, patch, scales, factor):
+    g = torch.Generator().manual_seed(sum(shape) + patch)
+    n = 24
+    images = torch.rand(n + len(BORDER), *shape, generator=g)
+    locations = torch.cat([torch.rand(n, 2, generator=g) * 2.4 - 1.2, torch.tensor(BORDER)]).clamp(-1, 1)
+    fast = retina(images, locations, patch, scales, factor)
+    assert fast.shape == (len(images), scales, shape[0], patch, patch)
+    for b in range(len(images)):
+        slow = reference_glimpse(images[b].double(), locations[b, 0].item(), locations[b, 1].item(), patch, scales, factor)
+        torch.testing.assert_close(fast[b].double(), slow, rtol=1e-5, atol=1e-6)
+
+
+def test_centre_glimpse_is_the_centred_window():
+    image = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28)
+    window = crop(image, torch.zeros(1, 2), 8)
+    torch.testing.assert_close(window[0, 0], image[0, 0, 10:18, 10:18])
+
+
+def test_outside_the_image_reads_zero_and_corner_is_a_quarter_inside():
+    image = torch.ones(1, 1, 28, 28)
+    window = crop(image, torch.tensor([[-1.0, -1.0]]), 8)  # centred on the top-left corner
+    assert window.sum() == 16 and window[0, 0, 4:, 4:].sum() == 16
+    far = crop(image, torch.tensor([[-1.0, -1.0]]), 4) + crop(image, torch.tensor([[1.0, 1.0]]), 4)
+    assert far.sum() == 8  # 2x2 inside at each corner
+
+
+def test_sensor_module_and_sides():
+    sensor = Sensor(12, 4, 2.0)
+    assert sensor.sides == patch_sides(12, 4, 2.0) == [12, 24, 48, 96]
+    out = sensor(torch.rand(5, 1, 100, 100), torch.zeros(5, 2))
+    assert out.shape == (5, 4, 1, 12, 12)
+
+
+def test_glimpse_does_not_depend_on_the_rest_of_the_image():
+    """Same pixels around the location, different image sizes and content elsewhere: the same glimpse."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(3, 1, 28, 28, generator=g)
+    big = torch.rand(3, 1, 280, 280, generator=g)
+    big[:, :, :28, :28] = small
+    # location of pixel (14, 14) in each image's coordinates
+    loc_small, loc_big = torch.zeros(3, 2), torch.full((3, 2), 14 / 140 - 1)
+    torch.testing.assert_close(crop(small, loc_small, 8), crop(big, loc_big, 8))

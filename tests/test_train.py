@@ -1,0 +1,119 @@
+"""Training end to end on real MNIST: it learns, it writes the run folder, it resumes exactly, REINFORCE steers."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from glimpse import checkpoint
+from glimpse.data import GlimpseData
+from glimpse.evaluate import evaluate_model, load_run
+from glimpse.train import train
+from tests.conftest import make_cfg, needs_mnist
+
+pytestmark = needs_mnist
+
+SHORT = ("trainer.epochs=2", "data.train_limit=12000", "data.eval_limit=2000", "trainer.eval_samples=2")
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, train(make_cfg(*SHORT), run_dir)
+
+
+def test_a_short_run_learns_far_beyond_chance(short_run):
+    _, metrics = short_run
+    # Chance is 90% error; an untrained network, or one whose glimpse and core networks stay
+    # frozen at initialisation, stays far above this bound (see test_untrained_model_is_near_chance).
+    assert metrics["test_error"] < 15.0
+    assert metrics["test_error_greedy"] < 25.0
+
+
+def test_untrained_model_is_near_chance():
+    cfg = make_cfg(*SHORT)
+    data = GlimpseData(cfg.data, cfg.seed)
+    from glimpse.models import build_model
+
+    model = build_model(cfg, data.image_shape, data.classes)
+    result = evaluate_model(model, data.eval_batches("test", 1000), 2, torch.Generator().manual_seed(0))
+    assert result["error"] > 70.0
+
+
+def test_run_folder_holds_metrics_checkpoints_and_scalars(short_run):
+    run_dir, metrics = short_run
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    for key in ("model", "data", "seed", "test_error", "test_error_greedy", "val_error_best", "epochs", "train_seconds",
+                "train_images_per_second", "params", "macs_per_image", "pixels_per_image"):
+        assert key in on_disk
+    assert on_disk["model"] == "ram" and on_disk["data"] == "mnist" and on_disk["epochs"] == 2
+    assert 6 * 64 >= on_disk["pixels_per_image"] > 64  # at most 6 distinct 8x8 patches
+    assert on_disk["macs_per_image"] > 1e6 and on_disk["params"] > 1e5
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss/ce", "train/loss/reinforce", "train/loss/baseline", "train/reward", "train/baseline",
+                "train/error", "train/lr", "train/location_std", "train/images_per_second", "val/error",
+                "val/error_greedy", "test/error", "test/error_greedy"):
+        assert tag in tags, tag
+    assert len(events.Scalars("val/error")) == 2
+
+
+def test_best_checkpoint_reevaluates_to_the_reported_test_error(short_run):
+    run_dir, metrics = short_run
+    model, state, data = load_run(run_dir)
+    cfg = state["config"]
+    from glimpse.data import seeded
+
+    again = evaluate_model(model, data.eval_batches("test", 1000), cfg["trainer"]["eval_samples"], seeded(cfg["seed"], "eval", "test"))
+    assert again["error"] == metrics["test_error"] and again["error_greedy"] == metrics["test_error_greedy"]
+
+
+def test_resume_after_an_interruption_ends_with_the_same_metrics(short_run, tmp_path, monkeypatch):
+    _, uninterrupted = short_run
+    saves = []
+    real_save = checkpoint.save
+
+    def crash_after_first_epoch(payload, path):
+        real_save(payload, path)
+        saves.append(path.name)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt  # the run dies right after its first epoch's checkpoint
+
+    monkeypatch.setattr(checkpoint, "save", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(*SHORT), tmp_path)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    resumed = train(make_cfg(*SHORT, "trainer.resume=true"), tmp_path)
+    for key in ("test_error", "test_error_greedy", "val_error_best", "best_epoch"):
+        assert resumed[key] == uninterrupted[key], key
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("val/error")] == sorted({e.step for e in events.Scalars("val/error")})
+
+
+@pytest.mark.slow
+def test_reinforce_learns_to_look_at_the_corner_where_the_digit_always_is(tmp_path):
+    """The digit always sits top-left on a 60x60 canvas: the trained policy's glimpses go there.
+
+    Without REINFORCE (weight 0) the location network never changes and its means stay near the centre.
+    """
+    toy = ("data.canvas=60", "data.position=[0,0]", "data.train_limit=12000", "data.eval_limit=1000",
+           "model.glimpses=4", "sensor.patch=8", "sensor.scales=2", "model.std=0.2", "trainer.epochs=3",
+           "trainer.eval_samples=1", "trainer.lr=0.002", "trainer.schedule=constant")
+    corner = -1 + 14 / 30  # the digit's centre, pixel 14 of 60, in [-1, 1] coordinates
+
+    def mean_glimpse(run_dir):
+        model, _, data = load_run(run_dir)
+        images = next(data.eval_batches("test", 500))[0]
+        with torch.no_grad():
+            return model.eval()(images, greedy=True).locations[:, 1:].mean((0, 1))
+
+    train(make_cfg(*toy), tmp_path / "reinforce")
+    learned = mean_glimpse(tmp_path / "reinforce")
+    assert (learned < corner / 2).all(), learned  # both x and y well into the top-left quarter
+
+    train(make_cfg(*toy, "model.reinforce_weight=0"), tmp_path / "frozen")
+    frozen = mean_glimpse(tmp_path / "frozen")
+    assert (frozen.abs() < 0.3).all(), frozen

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from glimpse.data import SOURCES
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS
+from glimpse.sensor import RESIZES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "trainer", "experiment")
@@ -81,6 +82,7 @@ def validate(cfg: DictConfig) -> None:
         if not (_is_number(v) and v >= 0):
             raise ConfigError(key, v, "a number >= 0")
     one_of("model.core", ("rnn", "lstm", "gru"))
+    one_of("sensor.resize", RESIZES)
     one_of("model.eval_start", ("centre", "random"))
     one_of("trainer.schedule", ("cosine", "constant"))
     v = _get(cfg, "data.val_fraction")

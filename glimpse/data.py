@@ -63,14 +63,11 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
 
-def place(canvas: Tensor, pieces: Tensor, top: Tensor, left: Tensor, owner: Tensor) -> None:
-    """Add `pieces` (K, C, h, w) into `canvas` (B, C, S, S) at (top, left) of image `owner`, in place."""
-    _, c, h, w = pieces.shape
-    dev = canvas.device
-    rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    canvas.index_put_((owner[:, None, None, None], chan, rows, cols), pieces.to(canvas.dtype), accumulate=True)
+def windows(images: Tensor, h: int, w: int) -> Tensor:
+    """Every h x w window of `images` (B, C, S, T) as a view (B, C, S-h+1, T-w+1, h, w): nothing is copied."""
+    b, c, s, t = images.shape
+    sb, sc, ss, st = images.stride()
+    return images.as_strided((b, c, s - h + 1, t - w + 1, h, w), (sb, sc, ss, st, ss, st))
 
 
 def make_canvas(
@@ -89,28 +86,25 @@ def make_canvas(
     `position` fixes the image's top-left pixel (row, column); by default it is uniform at random.
     """
     b, c, h, w = images.shape
-    dev, n = images.device, pool.shape[0]
+    dev, n, d = images.device, pool.shape[0], distractor_size
     canvas = torch.zeros(b, c, size, size, dtype=torch.int16, device=dev)
-    owner = torch.arange(b, device=dev)
+    rows = torch.arange(b, device=dev)
     if position is None:
         top, left = torch.randint(0, size - h + 1, (2, b), generator=generator, device=dev)
     else:
         top, left = (torch.full((b,), p, device=dev) for p in position)
-    place(canvas, images, top, left, owner)
+    # Indexing a window view moves whole h x w blocks: a few index tensors of length B, not B*h*w.
+    windows(canvas, h, w)[rows, :, top, left] = images.to(torch.int16)
     if distractors:
-        k, d = b * distractors, distractor_size
-        mine = owner.repeat_interleave(distractors)
-        base = torch.arange(b, device=dev) if indices is None else indices.to(dev)
+        base = rows if indices is None else indices.to(dev)
         # An offset in [1, n) never lands on the image itself.
-        other = (base.repeat_interleave(distractors) + torch.randint(1, max(n, 2), (k,), generator=generator, device=dev)) % n
-        cy, cx, py, px = torch.randint(0, 1 << 30, (4, k), generator=generator, device=dev)
-        cy, cx = cy % (h - d + 1), cx % (w - d + 1)
-        py, px = py % (size - d + 1), px % (size - d + 1)
-        src = pool[other]
-        rows = (cy[:, None] + torch.arange(d, device=dev))[:, None, :, None]
-        cols = (cx[:, None] + torch.arange(d, device=dev))[:, None, None, :]
-        pieces = src[torch.arange(k, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
-        place(canvas, pieces, py, px, mine)
+        other = (base[:, None] + torch.randint(1, max(n, 2), (b, distractors), generator=generator, device=dev)) % n
+        cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
+        py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
+        pieces = windows(pool, d, d)[other, :, cy, cx].to(torch.int16)  # (B, K, C, d, d)
+        slots = windows(canvas, d, d)
+        for k in range(distractors):  # one piece per image per pass: pieces of one pass never overlap
+            slots[rows, :, py[:, k], px[:, k]] += pieces[:, k]
     return canvas.clamp_(max=255).to(torch.uint8)
 
 
@@ -179,11 +173,11 @@ class GlimpseData:
         """One epoch: shuffled, with fresh canvases (drawn with `generator`, so an epoch is reproducible)."""
         order = torch.randperm(len(self.train), generator=generator, device=self.device)
         for idx in order.split(batch_size):
-            yield self._draw(self.train, idx, generator).float().div_(255), self.train.labels[idx]
+            yield self._draw(self.train, idx, generator).div(255), self.train.labels[idx]
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Validation or test in a fixed order, the same canvases every time."""
         s = getattr(self, split)
         images = s.fixed if s.fixed is not None else s.images
         for lo in range(0, len(s), batch_size):
-            yield images[lo : lo + batch_size].float().div_(255), s.labels[lo : lo + batch_size]
+            yield images[lo : lo + batch_size].div(255), s.labels[lo : lo + batch_size]

@@ -5,9 +5,11 @@ top-left corner of the image, (1, 1) the bottom-right. In pixel units the
 centre is u = (x + 1) * W / 2, v = (y + 1) * H / 2 (pixel j covers [j, j + 1)),
 and a patch of side s covers the s pixels starting at floor(u - s/2 + 1/2).
 
-Patch i has side round(patch * scale_factor**i) and is area-averaged down to
-patch x patch. Pixels outside the image read as zero. The work per glimpse is
-proportional to the pixels inside its patches and never to the image size.
+Patch i has side round(patch * scale_factor**i) and is resized to patch x patch:
+by area (`resize="area"`, the exact mean of each block; the work per glimpse is
+proportional to the pixels inside its patches) or bilinearly (`resize="bilinear"`,
+4 pixels per output pixel; the work is proportional to scales * patch^2).
+Pixels outside the image read as zero. Neither ever depends on the image size.
 """
 
 from __future__ import annotations
@@ -55,10 +57,61 @@ def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     return pixels * inside[:, None]
 
 
-def retina(images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0) -> Tensor:
-    """rho(x, l): patches (B, scales, C, patch, patch) of `images` (B, C, H, W) at `locations` (B, 2)."""
+@functools.lru_cache(maxsize=64)
+def _lattice(patch: int, sides: tuple[int, ...], height: int, width: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Constants of `sample`, made once per shape.
+
+    The sample grid, in grid_sample's [-1, 1] units, is origin / half + (offsets / half - 1)
+    for each scale's patch origin (in pixels). Written as one matrix product:
+    grid = base + origin @ spread, where `spread` copies each origin's x and y,
+    divided by half, to the x and y of every sample point of its scale.
+    """
+    half = torch.tensor([width / 2, height / 2], device=device)
+    shift = torch.stack([half - (side / 2 - 0.5) for side in sides])  # (S, 2): origin = floor(l * half + shift)
+    steps = torch.stack([(torch.arange(patch, device=device) + 0.5) * (side / patch) for side in sides])  # (S, p)
+    offsets = torch.stack(torch.broadcast_tensors(steps[:, None, :], steps[:, :, None]), -1)  # (S, p, p, 2) as (x, y)
+    base = (offsets / half - 1).reshape(1, -1)
+    n = len(sides)
+    spread = torch.zeros(n, 2, n, patch * patch, 2, device=device)
+    for i in range(n):
+        for xy in range(2):
+            spread[i, xy, i, :, xy] = 1 / half[xy]
+    return half, shift, base, spread.view(2 * n, -1)
+
+
+def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) -> Tensor:
+    """Every patch resized bilinearly (no antialiasing): (B, S, C, patch, patch), one grid_sample for all scales.
+
+    Equal to cropping each side x side window exactly and resizing it with
+    F.interpolate(mode="bilinear", align_corners=False): a sample point reads the
+    4 pixels around it, so a glimpse costs the same whatever the patch sides. Exact
+    for sides patch and 2 * patch; for larger ratios each output pixel is the mean
+    of the 2 x 2 pixels at the centre of its block, not of the whole block.
+    """
+    b, c, h, w = images.shape
+    half, shift, base, spread = _lattice(patch, sides, h, w, images.device)
+    origin = torch.addcmul(shift, locations[:, None, :], half).floor_()  # (B, S, 2), in pixels
+    grid = torch.addmm(base, origin.view(b, -1), spread)  # (B, S * p * p * 2)
+    out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(b, c, len(sides), patch, patch).transpose(1, 2)
+
+
+RESIZES = ("area", "bilinear")
+
+
+def retina(
+    images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0, resize: str = "area"
+) -> Tensor:
+    """rho(x, l): patches (B, scales, C, patch, patch) of `images` (B, C, H, W) at `locations` (B, 2).
+
+    resize="area": each side x side window is gathered whole and area-averaged (exact; cost ~ sum of side^2).
+    resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2).
+    """
+    sides = patch_sides(patch, scales, scale_factor)
+    if resize == "bilinear":
+        return sample(images, locations, patch, tuple(sides))
     out = []
-    for side in patch_sides(patch, scales, scale_factor):
+    for side in sides:
         window = crop(images, locations, side)
         if side != patch:
             # Area resize; for an integer ratio this is exactly the mean of each side/patch block.
@@ -70,16 +123,16 @@ def retina(images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale
 class Sensor(torch.nn.Module):
     """The glimpse sensor shared by every model that looks through glimpses and by the environments."""
 
-    def __init__(self, patch: int = 8, scales: int = 1, scale_factor: float = 2.0):
+    def __init__(self, patch: int = 8, scales: int = 1, scale_factor: float = 2.0, resize: str = "area"):
         super().__init__()
-        self.patch, self.scales, self.scale_factor = patch, scales, scale_factor
+        self.patch, self.scales, self.scale_factor, self.resize = patch, scales, scale_factor, resize
 
     @property
     def sides(self) -> list[int]:
         return patch_sides(self.patch, self.scales, self.scale_factor)
 
     def forward(self, images: Tensor, locations: Tensor) -> Tensor:
-        return retina(images, locations, self.patch, self.scales, self.scale_factor)
+        return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize)
 
     def extra_repr(self) -> str:
-        return f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}"
+        return f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}, resize={self.resize}"

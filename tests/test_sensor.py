@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from glimpse.sensor import Sensor, crop, patch_sides, retina
 
 
-def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scales: int, factor: float) -> torch.Tensor:
-    """One image (C, H, W): pixel by pixel, zero outside, each patch area-averaged to patch x patch."""
+def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scales: int, factor: float, resize: str = "area") -> torch.Tensor:
+    """One image (C, H, W): pixel by pixel, zero outside, each patch resized to patch x patch."""
     c, h, w = image.shape
     u, v = (x + 1) * w / 2, (y + 1) * h / 2
     out = []
@@ -22,7 +22,9 @@ def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scale
             for q in range(side):
                 if 0 <= top + r < h and 0 <= left + q < w:
                     window[:, r, q] = image[:, top + r, left + q]
-        if side % patch == 0:
+        if resize == "bilinear":
+            small = F.interpolate(window[None], size=patch, mode="bilinear", align_corners=False, antialias=False)[0]
+        elif side % patch == 0:
             k = side // patch
             small = torch.zeros(c, patch, patch, dtype=torch.float64)
             for r in range(patch):
@@ -42,16 +44,17 @@ BORDER = [(-1.0, -1.0), (1.0, 1.0), (-1.0, 1.0), (1.0, -1.0), (0.0, 0.0), (-0.96
     [((1, 28, 28), 8, 1, 2.0), ((1, 60, 60), 12, 3, 2.0), ((1, 100, 100), 12, 4, 2.0), ((3, 32, 32), 5, 2, 2.0),
      ((1, 40, 56), 6, 3, 1.5), ((2, 9, 13), 4, 2, 3.0)],
 )
-def test_retina_matches_the_per_sample_reference(shape, patch, scales, factor):
+@pytest.mark.parametrize("resize", ["area", "bilinear"])
+def test_retina_matches_the_per_sample_reference(shape, patch, scales, factor, resize):
     g = torch.Generator().manual_seed(sum(shape) + patch)
     n = 24
     images = torch.rand(n + len(BORDER), *shape, generator=g)
     locations = torch.cat([torch.rand(n, 2, generator=g) * 2.4 - 1.2, torch.tensor(BORDER)]).clamp(-1, 1)
-    fast = retina(images, locations, patch, scales, factor)
+    fast = retina(images, locations, patch, scales, factor, resize)
     assert fast.shape == (len(images), scales, shape[0], patch, patch)
     for b in range(len(images)):
-        slow = reference_glimpse(images[b].double(), locations[b, 0].item(), locations[b, 1].item(), patch, scales, factor)
-        torch.testing.assert_close(fast[b].double(), slow, rtol=1e-5, atol=1e-6)
+        slow = reference_glimpse(images[b].double(), locations[b, 0].item(), locations[b, 1].item(), patch, scales, factor, resize)
+        torch.testing.assert_close(fast[b].double(), slow, rtol=1e-4, atol=1e-5)
 
 
 def test_centre_glimpse_is_the_centred_window():
@@ -84,3 +87,9 @@ def test_glimpse_does_not_depend_on_the_rest_of_the_image():
     # location of pixel (14, 14) in each image's coordinates
     loc_small, loc_big = torch.zeros(3, 2), torch.full((3, 2), 14 / 140 - 1)
     torch.testing.assert_close(crop(small, loc_small, 8), crop(big, loc_big, 8))
+
+
+def test_bilinear_equals_area_up_to_a_ratio_of_two():
+    g = torch.Generator().manual_seed(3)
+    images, locations = torch.rand(16, 1, 60, 60, generator=g), torch.rand(16, 2, generator=g) * 2 - 1
+    torch.testing.assert_close(retina(images, locations, 12, 2, 2.0, "bilinear"), retina(images, locations, 12, 2, 2.0, "area"), atol=1e-5, rtol=1e-5)

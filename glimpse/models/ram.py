@@ -115,6 +115,7 @@ class RAM(nn.Module):
         patch: int = 8,
         scales: int = 1,
         scale_factor: float = 2.0,
+        resize: str = "area",
         what: int = 128,
         where: int = 128,
         glimpse_out: int = 256,
@@ -126,7 +127,7 @@ class RAM(nn.Module):
         super().__init__()
         channels = image_shape[0]
         self.image_shape, self.glimpses, self.eval_start = tuple(image_shape), glimpses, eval_start
-        self.sensor = Sensor(patch, scales, scale_factor)
+        self.sensor = Sensor(patch, scales, scale_factor, resize)
         self.glimpse_net = GlimpseNetwork(scales * channels * patch * patch, what, where, glimpse_out)
         self.core = CoreNetwork(core, glimpse_out, hidden)
         self.location_net = LocationNetwork(hidden, std)
@@ -137,7 +138,7 @@ class RAM(nn.Module):
     def from_config(cls, cfg, image_shape: tuple[int, int, int], classes: int) -> "RAM":
         m, s = cfg.model, cfg.sensor
         return cls(
-            image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor,
+            image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor, resize=s.resize,
             what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden, core=m.core, std=m.std,
             eval_start=m.eval_start,
         )

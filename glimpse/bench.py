@@ -17,12 +17,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from glimpse.config import CONF_DIR, check_image_fits, check_overrides, validate
+from glimpse.accounting import macs_per_image
+from glimpse.config import check_image_fits, compose_config, validate
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.models import build_model
@@ -43,6 +42,17 @@ def timed(fn: Callable[[], object], steps: int, repeats: int, device: torch.devi
         if r:  # the first repeat warms up caches and allocators
             out.append((time.perf_counter() - tic) / steps)
     return out
+
+
+def matmul_gflops(batch: int, device: torch.device, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-product rate at the core network's shape (batch x 512 @ 512 x 256), measured now.
+
+    Quoted beside the training rate so that figures taken at different times on a
+    shared machine can be compared as fractions of what the hardware gave then.
+    """
+    a, w = torch.randn(batch, 512, device=device), torch.randn(512, 256, device=device)
+    seconds = statistics.median(timed(lambda: a @ w, 50, repeats, device))
+    return 2 * batch * 512 * 256 / seconds / 1e9
 
 
 def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
@@ -91,6 +101,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     data_t = timed(data_step, steps, repeats, device)
     sensor_t = timed(sensor_step, steps, repeats, device) if sensor is not None else [0.0]
     step = statistics.median(train)
+    macs = macs_per_image(model, first_images[:8])
+    peak = matmul_gflops(b, device, repeats)
     return {
         "model": m.name, "data": cfg.data.name, "batch_size": b, "glimpses": m.get("glimpses"),
         "sensor": dict(cfg.sensor), "device": str(device), "threads": torch.get_num_threads(),
@@ -104,6 +116,11 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         "data_share": statistics.median(data_t) / step,
         "sensor_share": statistics.median(sensor_t) / step,
         "data_plus_sensor_share": (statistics.median(data_t) + statistics.median(sensor_t)) / step,
+        "macs_per_image": macs,
+        # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
+        "train_gflop_per_second": 6 * macs * b / step / 1e9,
+        "matmul_gflop_per_second": peak,
+        "fraction_of_matmul_rate": 6 * macs * b / step / 1e9 / peak,
     }
 
 
@@ -114,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m glimpse.train")
     args = parser.parse_args(argv)
     try:
-        check_overrides(args.overrides)
-        with initialize_config_dir(config_dir=str(Path(CONF_DIR)), version_base="1.3"):
-            cfg = compose("config", overrides=args.overrides)
-        result = bench(cfg, args.steps, args.repeats)
+        result = bench(compose_config(args.overrides), args.steps, args.repeats)
     except UserError as err:
         print(f"glimpse.bench: {err}", file=sys.stderr)
         return 2

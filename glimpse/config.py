@@ -33,6 +33,23 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(group, option, ", ".join(choices(group)))
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `python -m glimpse.train <overrides>` runs, checked: UserError on any mistake."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        raise UserError(f"invalid override: {' '.join(lines[:2])}") from None
+    validate(cfg)
+    return cfg
+
+
 def _get(cfg: DictConfig, key: str):
     node = cfg
     for part in key.split("."):

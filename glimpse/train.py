@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from glimpse import checkpoint
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import CONF_DIR, check_image_fits, check_overrides, validate
+from glimpse.config import check_image_fits, check_overrides, compose_config, validate
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model
@@ -175,21 +175,10 @@ def _hydra_main() -> None:
 
 def preflight(args: list[str]) -> None:
     """Compose and check the config of a single run before Hydra makes its folder: a bad value costs nothing."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     check_overrides(args)
-    if any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
+    if any(a.startswith("-") for a in args):
         return  # multirun and Hydra's own flags: every job is checked by train() itself
-    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-        raise UserError(f"invalid override: {' '.join(lines[:2])}") from None
-    validate(cfg)
+    compose_config([a for a in args if not a.lstrip("+~").startswith("hydra.")])
 
 
 def cli() -> None:

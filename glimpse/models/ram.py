@@ -157,7 +157,7 @@ class RAM(nn.Module):
 
     def episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """One episode from l_1 = `loc`, with the policy's noise (B, T-1, 2) given (None: greedy, the means)."""
-        b, device, steps = images.shape[0], images.device, self.glimpses
+        steps = self.glimpses
         state = None
         hs, locations, samples = [], [loc], []
         for t in range(steps):

@@ -29,30 +29,31 @@ from glimpse.objectives import hybrid_loss
 from glimpse.train import make_optimizer, resolve_device
 
 
-def timed(fn: Callable[[], object], steps: int, repeats: int, device: torch.device) -> list[float]:
-    """Seconds per call of `fn`, one figure per repeat of `steps` calls, after one warm-up repeat."""
+def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Seconds per call of `fn`, over `steps` calls."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = []
-    for r in range(repeats + 1):
-        sync()
-        tic = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        sync()
-        if r:  # the first repeat warms up caches and allocators
-            out.append((time.perf_counter() - tic) / steps)
-    return out
+    sync()
+    tic = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return (time.perf_counter() - tic) / steps
 
 
-def matmul_gflops(batch: int, device: torch.device, repeats: int = 5) -> float:
-    """This machine's fp32 matrix-product rate at the core network's shape (batch x 512 @ 512 x 256), measured now.
+def interleaved(parts: dict[str, Callable[[], object]], steps: int, repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call of each part, one figure per repeat, the parts taking turns within each repeat.
 
-    Quoted beside the training rate so that figures taken at different times on a
-    shared machine can be compared as fractions of what the hardware gave then.
+    On a shared machine the speed drifts; parts timed side by side see the same
+    drift, so their ratios (shares) are steadier than the absolute figures.
+    The first round warms caches and allocators and is dropped.
     """
-    a, w = torch.randn(batch, 512, device=device), torch.randn(512, 256, device=device)
-    seconds = statistics.median(timed(lambda: a @ w, 50, repeats, device))
-    return 2 * batch * 512 * 256 / seconds / 1e9
+    out: dict[str, list[float]] = {name: [] for name in parts}
+    for r in range(repeats + 1):
+        for name, fn in parts.items():
+            seconds = timed(fn, steps, device)
+            if r:
+                out[name].append(seconds)
+    return out
 
 
 def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
@@ -93,34 +94,45 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
             for loc in locations:
                 sensor(first_images, loc)
 
+    def infer_step():
+        model.eval()
+        with torch.no_grad():
+            model(first_images, greedy=True)
+        model.train()
+
+    # This machine's fp32 matrix-product rate at the core network's shape, timed beside the steps, so
+    # that figures taken at different times on a shared machine compare as fractions of what it gave then.
+    a, w = torch.randn(b, 512, device=device), torch.randn(512, 256, device=device)
+    parts = {"train": train_step, "data": data_step, "infer": infer_step, "matmul": lambda: a @ w}
+    if sensor is not None:
+        parts["sensor"] = sensor_step
     model.train()
-    train = timed(train_step, steps, repeats, device)
-    model.eval()
-    with torch.no_grad():
-        infer = timed(lambda: model(first_images, greedy=True), steps, repeats, device)
-    data_t = timed(data_step, steps, repeats, device)
-    sensor_t = timed(sensor_step, steps, repeats, device) if sensor is not None else [0.0]
-    step = statistics.median(train)
+    t = interleaved(parts, steps, repeats, device)
+    t.setdefault("sensor", [0.0] * repeats)
+    med = {name: statistics.median(v) for name, v in t.items()}
+    step = med["train"]
+    share = lambda part: statistics.median(p / s for p, s in zip(t[part], t["train"]))  # noqa: E731
     macs = macs_per_image(model, first_images[:8])
-    peak = matmul_gflops(b, device, repeats)
+    flops = 6 * macs * b  # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
+    peak = 2 * b * 512 * 256 / med["matmul"] / 1e9
     return {
         "model": m.name, "data": cfg.data.name, "batch_size": b, "glimpses": m.get("glimpses"),
         "sensor": dict(cfg.sensor), "device": str(device), "threads": torch.get_num_threads(),
         "steps": steps, "repeats": repeats,
         "train_images_per_second": b / step,
-        "train_images_per_second_repeats": [round(b / s, 1) for s in train],
-        "inference_images_per_second": b / statistics.median(infer),
+        "train_images_per_second_repeats": [round(b / s, 1) for s in t["train"]],
+        "inference_images_per_second": b / med["infer"],
         "step_ms": 1e3 * step,
-        "data_ms": 1e3 * statistics.median(data_t),
-        "sensor_ms": 1e3 * statistics.median(sensor_t),
-        "data_share": statistics.median(data_t) / step,
-        "sensor_share": statistics.median(sensor_t) / step,
-        "data_plus_sensor_share": (statistics.median(data_t) + statistics.median(sensor_t)) / step,
+        "data_ms": 1e3 * med["data"],
+        "sensor_ms": 1e3 * med["sensor"],
+        # medians of per-repeat ratios: each ratio's parts were timed side by side
+        "data_share": share("data"),
+        "sensor_share": share("sensor"),
+        "data_plus_sensor_share": statistics.median((d + s) / x for d, s, x in zip(t["data"], t["sensor"], t["train"])),
         "macs_per_image": macs,
-        # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
-        "train_gflop_per_second": 6 * macs * b / step / 1e9,
+        "train_gflop_per_second": flops / step / 1e9,
         "matmul_gflop_per_second": peak,
-        "fraction_of_matmul_rate": 6 * macs * b / step / 1e9 / peak,
+        "fraction_of_matmul_rate": statistics.median(flops / x / (2 * b * 512 * 256 / m_) for x, m_ in zip(t["train"], t["matmul"])),
     }
 
 

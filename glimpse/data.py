@@ -82,30 +82,34 @@ def make_canvas(
 ) -> Tensor:
     """Put `images` (B, C, h, w) uint8 on size x size canvases with clutter cut from `pool` (N, C, h, w).
 
-    `indices` are the images' positions in `pool`, so that distractors come from other images.
-    `position` fixes the image's top-left pixel (row, column); by default it is uniform at random.
+    Returns float32 canvases (B, C, size, size) in [0, 1]. `indices` are the images'
+    positions in `pool`, so that distractors come from other images. `position`
+    fixes the image's top-left pixel (row, column); by default it is uniform at random.
     """
     b, c, h, w = images.shape
     dev, n, d = images.device, pool.shape[0], distractor_size
-    canvas = torch.zeros(b, c, size, size, dtype=torch.int16, device=dev)
+    canvas = torch.zeros(b, c, size, size, device=dev)
     rows = torch.arange(b, device=dev)
     if position is None:
         top, left = torch.randint(0, size - h + 1, (2, b), generator=generator, device=dev)
     else:
         top, left = (torch.full((b,), p, device=dev) for p in position)
     # Indexing a window view moves whole h x w blocks: a few index tensors of length B, not B*h*w.
-    windows(canvas, h, w)[rows, :, top, left] = images.to(torch.int16)
+    windows(canvas, h, w)[rows, :, top, left] = images.div(255)
     if distractors:
         base = rows if indices is None else indices.to(dev)
         # An offset in [1, n) never lands on the image itself.
         other = (base[:, None] + torch.randint(1, max(n, 2), (b, distractors), generator=generator, device=dev)) % n
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
-        pieces = windows(pool, d, d)[other, :, cy, cx].to(torch.int16)  # (B, K, C, d, d)
-        slots = windows(canvas, d, d)
-        for k in range(distractors):  # one piece per image per pass: pieces of one pass never overlap
-            slots[rows, :, py[:, k], px[:, k]] += pieces[:, k]
-    return canvas.clamp_(max=255).to(torch.uint8)
+        pieces = windows(pool, d, d)[other, :, cy, cx]  # (B, K, C, d, d)
+        # Flat canvas positions of every piece pixel; index_add_ sums where pieces overlap.
+        offsets = torch.arange(d, device=dev)
+        corner = ((rows[:, None] * c) * size + py) * size + px  # (B, K): channel 0, top-left pixel
+        where = (corner[:, :, None, None, None] + (torch.arange(c, device=dev) * size * size)[:, None, None]
+                 + offsets[:, None] * size + offsets)  # (B, K, C, d, d)
+        canvas.view(-1).index_add_(0, where.flatten(), pieces.flatten().div(255))
+    return canvas.clamp_(max=1.0)
 
 
 @dataclass
@@ -154,9 +158,10 @@ class GlimpseData:
         return 10
 
     def _draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
+        """Float images in [0, 1]: the originals, or canvases drawn with `generator`."""
         images = split.images[idx]
         if not self.canvas:
-            return images
+            return images.div(255)
         position = self.cfg.get("position")
         return make_canvas(
             images, self.canvas, self.cfg.get("distractors", 0), split.images, generator, indices=idx,
@@ -167,13 +172,14 @@ class GlimpseData:
         if not self.canvas:
             return None
         idx = torch.arange(len(split), device=self.device)
-        return torch.cat([self._draw(split, i, generator) for i in idx.split(chunk)]) if len(split) else split.images
+        # Held as uint8 (a quarter of the memory); the sums are whole multiples of 1/255, so this is exact.
+        return torch.cat([self._draw(split, i, generator).mul_(255).round_().to(torch.uint8) for i in idx.split(chunk)])
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch: shuffled, with fresh canvases (drawn with `generator`, so an epoch is reproducible)."""
         order = torch.randperm(len(self.train), generator=generator, device=self.device)
         for idx in order.split(batch_size):
-            yield self._draw(self.train, idx, generator).div(255), self.train.labels[idx]
+            yield self._draw(self.train, idx, generator), self.train.labels[idx]
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Validation or test in a fixed order, the same canvases every time."""

@@ -82,25 +82,37 @@ def validate(cfg: DictConfig) -> None:
 
     one_of("model.name", MODELS)
     one_of("data.source", tuple(SOURCES))
-    for key in ("sensor.patch", "sensor.scales", "model.glimpses", "model.hidden", "trainer.epochs",
-                "trainer.batch_size", "trainer.eval_samples", "trainer.eval_batch_size"):
+    for key in ("sensor.patch", "sensor.scales", "trainer.epochs", "trainer.batch_size", "trainer.eval_samples",
+                "trainer.eval_batch_size"):
         positive_int(key)
-    for key in ("model.what", "model.where", "model.glimpse_out"):
-        positive_int(key)
-    for key in ("model.std", "trainer.lr"):
-        v = _get(cfg, key)
+    # Model keys are checked where the chosen model has them (fc has no glimpses, cnn no hidden size).
+    model_keys = set(cfg.model.keys())
+    for key in ("glimpses", "hidden", "what", "where", "glimpse_out", "stride", "heads"):
+        if key in model_keys:
+            positive_int(f"model.{key}")
+    if "heads" in model_keys and cfg.model.hidden % cfg.model.heads:
+        raise ConfigError("model.heads", cfg.model.heads, f"a divisor of model.hidden ({cfg.model.hidden})")
+    if "channels" in model_keys and not (len(cfg.model.channels) == 2 and all(_is_int(c) and c > 0 for c in cfg.model.channels)):
+        raise ConfigError("model.channels", list(cfg.model.channels), "two positive integers")
+    v = _get(cfg, "trainer.lr")
+    if not (_is_number(v) and v > 0):
+        raise ConfigError("trainer.lr", v, "a number > 0")
+    if "std" in model_keys:
+        v = _get(cfg, "model.std")
         if not (_is_number(v) and v > 0):
-            raise ConfigError(key, v, "a number > 0")
+            raise ConfigError("model.std", v, "a number > 0")
     v = _get(cfg, "sensor.scale_factor")
     if not (_is_number(v) and v >= 1):
         raise ConfigError("sensor.scale_factor", v, "a number >= 1")
-    for key in ("model.reinforce_weight", "model.baseline_weight"):
-        v = _get(cfg, key)
-        if not (_is_number(v) and v >= 0):
-            raise ConfigError(key, v, "a number >= 0")
-    one_of("model.core", ("rnn", "lstm", "gru"))
+    for key in ("reinforce_weight", "baseline_weight"):
+        v = _get(cfg, f"model.{key}")
+        if key in model_keys and not (_is_number(v) and v >= 0):
+            raise ConfigError(f"model.{key}", v, "a number >= 0")
+    if "core" in model_keys:
+        one_of("model.core", ("rnn", "lstm", "gru"))
+    if "eval_start" in model_keys:
+        one_of("model.eval_start", ("centre", "random"))
     one_of("sensor.resize", RESIZES)
-    one_of("model.eval_start", ("centre", "random"))
     one_of("trainer.schedule", ("cosine", "constant"))
     v = _get(cfg, "data.val_fraction")
     if not (_is_number(v) and 0 < v < 1):

@@ -40,7 +40,7 @@ def evaluate_model(
     model.eval()
     wrong = wrong_greedy = seen = 0
     pixels = 0.0
-    stochastic = getattr(model, "location_net", None) is not None
+    stochastic = getattr(model, "stochastic", False)
     for images, labels in batches:
         greedy = model(images, greedy=True, generator=generator)
         wrong_greedy += (greedy.logits.argmax(1) != labels).sum().item()

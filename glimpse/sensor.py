@@ -43,18 +43,26 @@ def _grid(side: int, height: int, width: int, device: torch.device) -> tuple[Ten
 
 
 def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
-    """The side x side window of `images` (B, C, H, W) centred on `locations` (B, 2), zero outside."""
+    """The side x side windows of `images` (B, C, H, W) centred on `locations` (B, 2) or (B, N, 2), zero outside.
+
+    Returns (B, C, side, side), or (B, N, C, side, side) for N locations per image.
+    """
     b, c, h, w = images.shape
+    many = locations.dim() == 3
+    locs = locations if many else locations[:, None]
+    n = locs.shape[1]
     half, shift, offsets, first, last, stride = _grid(side, h, w, images.device)
-    origin = torch.addcmul(shift, locations, half).floor_().long()
-    coords = origin[:, :, None] + offsets  # (B, 2, side): the columns and the rows the window covers
+    origin = torch.addcmul(shift, locs, half).floor_().long()
+    coords = origin[..., None] + offsets  # (B, N, 2, side): the columns and the rows each window covers
     clamped = torch.clamp(coords, first, last)
     inside = clamped == coords
-    inside = inside[:, 1, :, None] & inside[:, 0, None, :]
+    inside = inside[:, :, 1, :, None] & inside[:, :, 0, None, :]  # (B, N, side, side)
     # One flat gather of exactly the pixels asked for: cost ~ side^2, whatever H and W are.
-    index = torch.addcmul(clamped[:, 0, None, :], clamped[:, 1, :, None], stride).view(b, 1, side * side)
-    pixels = images.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, side, side)
-    return pixels * inside[:, None]
+    index = torch.addcmul(clamped[:, :, 0, None, :], clamped[:, :, 1, :, None], stride).view(b, 1, n * side * side)
+    pixels = images.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, n, side, side)
+    if many:
+        return pixels.transpose(1, 2) * inside[:, :, None]
+    return pixels.view(b, c, side, side) * inside.view(b, 1, side, side)
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,21 +87,30 @@ def _lattice(patch: int, sides: tuple[int, ...], height: int, width: int, device
     return half, shift, base, spread.view(2 * n, -1)
 
 
-def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) -> Tensor:
-    """Every patch resized bilinearly (no antialiasing): (B, S, C, patch, patch), one grid_sample for all scales.
+def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...], snap: bool = True) -> Tensor:
+    """Every patch resized bilinearly (no antialiasing), one grid_sample for all scales and locations.
 
+    `locations` (B, 2) gives (B, S, C, patch, patch); (B, N, 2) gives (B, N, S, C, patch, patch).
     Equal to cropping each side x side window exactly and resizing it with
     F.interpolate(mode="bilinear", align_corners=False): a sample point reads the
     4 pixels around it, so a glimpse costs the same whatever the patch sides. Exact
     for sides patch and 2 * patch; for larger ratios each output pixel is the mean
     of the 2 x 2 pixels at the centre of its block, not of the whole block.
+    With snap=False the patch origin is not rounded to a whole pixel, so the
+    output is differentiable with respect to the location (differentiable glimpses).
     """
     b, c, h, w = images.shape
+    many = locations.dim() == 3
+    locs = locations if many else locations[:, None]
+    n, scales = locs.shape[1], len(sides)
     half, shift, base, spread = _lattice(patch, sides, h, w, images.device)
-    origin = torch.addcmul(shift, locations[:, None, :], half).floor_()  # (B, S, 2), in pixels
-    grid = torch.addmm(base, origin.view(b, -1), spread)  # (B, S * p * p * 2)
+    origin = torch.addcmul(shift, locs[:, :, None, :], half)  # (B, N, S, 2), in pixels
+    if snap:
+        origin = origin.floor_()
+    grid = torch.addmm(base, origin.view(b * n, -1), spread)  # (B * N, S * p * p * 2)
     out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.view(b, c, len(sides), patch, patch).transpose(1, 2)
+    out = out.view(b, c, n, scales, patch, patch).permute(0, 2, 3, 1, 4, 5)
+    return out if many else out[:, 0]
 
 
 RESIZES = ("area", "bilinear")
@@ -103,6 +120,8 @@ def retina(
     images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0, resize: str = "area"
 ) -> Tensor:
     """rho(x, l): patches (B, scales, C, patch, patch) of `images` (B, C, H, W) at `locations` (B, 2).
+
+    `locations` (B, N, 2) reads N glimpses of each image at once: (B, N, scales, C, patch, patch).
 
     resize="area": each side x side window is gathered whole and area-averaged (exact; cost ~ sum of side^2).
     resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2).
@@ -115,9 +134,9 @@ def retina(
         window = crop(images, locations, side)
         if side != patch:
             # Area resize; for an integer ratio this is exactly the mean of each side/patch block.
-            window = F.adaptive_avg_pool2d(window, patch)
+            window = F.adaptive_avg_pool2d(window.flatten(0, -4), patch).view(*window.shape[:-2], patch, patch)
         out.append(window)
-    return torch.stack(out, 1)
+    return torch.stack(out, -4)
 
 
 class Sensor(torch.nn.Module):

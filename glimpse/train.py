@@ -106,8 +106,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
         scalars.update({"train/lr": lr, "train/images_per_second": n / seconds,
                         "val/error": val["error"], "val/error_greedy": val["error_greedy"]})
-        if hasattr(model, "location_net"):
-            scalars["train/location_std"] = model.location_net.std
+        std = getattr(getattr(model, "location_net", None), "std", None)
+        if std is not None:
+            scalars["train/location_std"] = std
         for k, v in scalars.items():
             writer.add_scalar(k, v, step)
 

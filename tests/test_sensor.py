@@ -93,3 +93,22 @@ def test_bilinear_equals_area_up_to_a_ratio_of_two():
     g = torch.Generator().manual_seed(3)
     images, locations = torch.rand(16, 1, 60, 60, generator=g), torch.rand(16, 2, generator=g) * 2 - 1
     torch.testing.assert_close(retina(images, locations, 12, 2, 2.0, "bilinear"), retina(images, locations, 12, 2, 2.0, "area"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("resize", ["area", "bilinear"])
+def test_many_locations_per_image_equal_one_call_per_location(resize):
+    g = torch.Generator().manual_seed(4)
+    images, locations = torch.rand(3, 2, 40, 40, generator=g), torch.rand(3, 5, 2, generator=g) * 2.2 - 1.1
+    many = retina(images, locations, 6, 3, 2.0, resize)
+    assert many.shape == (3, 5, 3, 2, 6, 6)
+    for i in range(5):
+        torch.testing.assert_close(many[:, i], retina(images, locations[:, i], 6, 3, 2.0, resize))
+
+
+def test_unsnapped_bilinear_glimpse_is_differentiable_in_the_location():
+    from glimpse.sensor import sample
+
+    images = torch.rand(2, 1, 28, 28)
+    locations = torch.tensor([[0.1, -0.2], [0.33, 0.4]], requires_grad=True)
+    sample(images, locations, 8, (8, 16), snap=False).sum().backward()
+    assert locations.grad.abs().sum() > 0

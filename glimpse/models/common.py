@@ -10,7 +10,8 @@ from torch import Tensor
 @dataclass
 class Episode:
     logits: Tensor  # (B, classes): the action network's output after the last step
-    locations: Tensor | None = None  # (B, T, 2): where each glimpse looked, in [-1, 1]^2
+    locations: Tensor | None = None  # (B, T, 2): where each glimpse looked, in [-1, 1]^2 (soft: the N grid cells read)
     log_pi: Tensor | None = None  # (B, T-1): log pi(l_t | h_t) of each sampled location that was used
     baselines: Tensor | None = None  # (B, T-1): b_t, the baseline's reward prediction for those steps
     means: Tensor | None = None  # (B, T-1, 2): the location policy's means
+    attention: Tensor | None = None  # (B, T, heads, N): soft attention's weights over the grid cells, per step

@@ -107,6 +107,8 @@ class ActionNetwork(nn.Module):
 class RAM(nn.Module):
     """Recurrent Attention Model: sensor, glimpse, core, location, baseline and action networks."""
 
+    stochastic = True  # the location policy samples: evaluation averages M runs
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],

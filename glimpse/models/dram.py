@@ -1,0 +1,71 @@
+"""Differentiable glimpses: RAM whose location network is trained by backpropagation, not REINFORCE.
+
+The location network outputs the next location deterministically and the
+sensor samples the patches bilinearly at that exact, unrounded position, so the
+loss's gradient flows through the pixels read into where to look (the
+"differentiable RAM" discussed with DRAW, Gregor et al. 2015). Glimpse, core
+and action networks are RAM's; there is no baseline and no REINFORCE term.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from glimpse.models.common import Episode
+from glimpse.models.ram import ActionNetwork, CoreNetwork, GlimpseNetwork
+from glimpse.sensor import Sensor, patch_sides, sample
+
+
+class DRAM(nn.Module):
+    """Sensor (bilinear, unsnapped), glimpse, core, deterministic location and action networks."""
+
+    stochastic = False
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        classes: int = 10,
+        glimpses: int = 6,
+        patch: int = 8,
+        scales: int = 1,
+        scale_factor: float = 2.0,
+        what: int = 128,
+        where: int = 128,
+        glimpse_out: int = 256,
+        hidden: int = 256,
+        core: str = "rnn",
+        eval_start: str = "centre",
+    ):
+        super().__init__()
+        channels = image_shape[0]
+        self.image_shape, self.glimpses, self.eval_start = tuple(image_shape), glimpses, eval_start
+        self.sensor = Sensor(patch, scales, scale_factor, "bilinear")
+        self.sides = tuple(patch_sides(patch, scales, scale_factor))
+        self.glimpse_net = GlimpseNetwork(scales * channels * patch * patch, what, where, glimpse_out)
+        self.core = CoreNetwork(core, glimpse_out, hidden)
+        self.location_net = nn.Linear(hidden, 2)  # l_{t+1} = tanh(Linear(h_t)), not detached
+        self.action_net = ActionNetwork(hidden, classes)
+
+    @classmethod
+    def from_config(cls, cfg, image_shape: tuple[int, int, int], classes: int) -> "DRAM":
+        m, s = cfg.model, cfg.sensor
+        return cls(
+            image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor,
+            what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden, core=m.core, eval_start=m.eval_start,
+        )
+
+    def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
+        b, device = images.shape[0], images.device
+        if self.training or self.eval_start == "random":
+            loc = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
+        else:
+            loc = torch.zeros(b, 2, device=device)
+        state, locations = None, [loc]
+        for t in range(self.glimpses):
+            patches = sample(images, loc, self.sensor.patch, self.sides, snap=False)
+            h, state = self.core(self.glimpse_net(patches, loc), state)
+            if t < self.glimpses - 1:
+                loc = torch.tanh(self.location_net(h))
+                locations.append(loc)
+        return Episode(self.action_net(h), torch.stack(locations, 1))

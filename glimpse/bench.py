@@ -1,5 +1,10 @@
 """`python -m glimpse.bench [--repeats R] [--steps N] [overrides]`: throughput as JSON on stdout.
 
+`python -m glimpse.bench mode=scaling`: for each model (at its MNIST preset) and
+each canvas of 28, 60, 100, 200, 400 and 800 pixels a side (an MNIST test digit
+at a random place on a blank canvas), the greedy inference seconds per image and
+the MACs per image (FlopCounterMode), as JSON.
+
 Times, for the configured model and data, on the configured device:
 - training images/s: whole steps (canvas generation, forward, hybrid loss,
   backward, Adam), warm-up excluded, the median of R repeats of N steps;
@@ -20,11 +25,11 @@ from collections.abc import Callable
 
 import torch
 
-from glimpse.accounting import macs_per_image
+from glimpse.accounting import macs_per_image, params
 from glimpse.config import check_image_fits, compose_config, validate
-from glimpse.data import GlimpseData, seeded
-from glimpse.errors import UserError
-from glimpse.models import build_model
+from glimpse.data import GlimpseData, default_root, load_source, make_canvas, seeded
+from glimpse.errors import ConfigError, UserError
+from glimpse.models import MODELS, build_model
 from glimpse.objectives import hybrid_loss
 from glimpse.train import make_optimizer, resolve_device
 
@@ -136,14 +141,60 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     }
 
 
+SIZES = (28, 60, 100, 200, 400, 800)
+
+
+def scaling(models: tuple[str, ...] = MODELS, sizes: tuple[int, ...] = SIZES, batch: int = 8, repeats: int = 3,
+            extra: list[str] | None = None) -> dict:
+    """Inference cost against canvas size: {model: [{size, seconds_per_image, macs_per_image, params}, ...]}."""
+    extra = list(extra or [])
+    base = compose_config(extra)
+    digits, _ = load_source(base.data.source, base.data.root or default_root(), train=False)
+    device = resolve_device(base.device)
+    out: dict = {"batch": batch, "repeats": repeats, "device": str(device), "threads": torch.get_num_threads(), "models": {}}
+    for name in models:
+        rows = []
+        cfg = compose_config([f"experiment={name}_mnist", *extra])
+        for size in sizes:
+            images = digits[:batch].to(device)
+            if size > images.shape[-1]:
+                images = make_canvas(images, size, 0, images, seeded(0, "scaling", size, device=device))
+            else:
+                images = images.div(255)
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg, tuple(images.shape[1:]), 10).to(device).eval()
+            with torch.no_grad():
+                seconds = statistics.median(interleaved({"infer": lambda: model(images, greedy=True)}, 1, repeats, device)["infer"])
+            rows.append({"size": size, "seconds_per_image": seconds / batch, "macs_per_image": macs_per_image(model, images),
+                         "params": params(model)})
+            del model
+        out["models"][name] = rows
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glimpse.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="training steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
-    parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m glimpse.train")
+    parser.add_argument("--models", default=",".join(MODELS), help="mode=scaling: models to measure")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="mode=scaling: canvas sides")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m glimpse.train; mode=scaling for the scaling table")
     args = parser.parse_args(argv)
+    mode = "throughput"
+    for o in [o for o in args.overrides if o.startswith("mode=")]:
+        mode = o.split("=", 1)[1]
+        args.overrides.remove(o)
     try:
-        result = bench(compose_config(args.overrides), args.steps, args.repeats)
+        if mode == "scaling":
+            models = tuple(args.models.split(","))
+            for m in models:
+                if m not in MODELS:
+                    raise ConfigError("--models", m, ", ".join(MODELS))
+            result = scaling(models, tuple(int(x) for x in args.sizes.split(",")), repeats=args.repeats, extra=args.overrides)
+        elif mode == "throughput":
+            result = bench(compose_config(args.overrides), args.steps, args.repeats)
+        else:
+            raise ConfigError("mode", mode, "throughput, scaling")
     except UserError as err:
         print(f"glimpse.bench: {err}", file=sys.stderr)
         return 2

@@ -1,5 +1,9 @@
 """`python -m glimpse.bench [--repeats R] [--steps N] [overrides]`: throughput as JSON on stdout.
 
+`python -m glimpse.bench mode=env [--env-id ID --num-envs N]`: random-action
+env-steps/s of the torch-vectorised environment (default: 1,024 environments of
+glimpse/ClutteredMNIST100-v0).
+
 `python -m glimpse.bench mode=scaling`: for each model (at its MNIST preset) and
 each canvas of 28, 60, 100, 200, 400 and 800 pixels a side (an MNIST test digit
 at a random place on a blank canvas), the greedy inference seconds per image and
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
     parser.add_argument("--models", default=",".join(MODELS), help="mode=scaling: models to measure")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="mode=scaling: canvas sides")
+    parser.add_argument("--env-id", default="glimpse/ClutteredMNIST100-v0", help="mode=env: the registered environment")
+    parser.add_argument("--num-envs", type=int, default=1024, help="mode=env: environments stepped together")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m glimpse.train; mode=scaling for the scaling table")
     args = parser.parse_args(argv)
     mode = "throughput"
@@ -191,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                 if m not in MODELS:
                     raise ConfigError("--models", m, ", ".join(MODELS))
             result = scaling(models, tuple(int(x) for x in args.sizes.split(",")), repeats=args.repeats, extra=args.overrides)
+        elif mode == "env":
+            from glimpse.env import vector_steps_per_second
+
+            env_id, num_envs = args.env_id, args.num_envs
+            rates = [vector_steps_per_second(env_id, num_envs, args.steps) for _ in range(args.repeats)]
+            result = {"mode": "env", "env_id": env_id, "num_envs": num_envs, "steps": args.steps, "threads": torch.get_num_threads(),
+                      "env_steps_per_second": statistics.median(rates), "env_steps_per_second_repeats": [round(r) for r in rates]}
         elif mode == "throughput":
             result = bench(compose_config(args.overrides), args.steps, args.repeats)
         else:
-            raise ConfigError("mode", mode, "throughput, scaling")
+            raise ConfigError("mode", mode, "throughput, scaling, env")
     except UserError as err:
         print(f"glimpse.bench: {err}", file=sys.stderr)
         return 2

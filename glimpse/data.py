@@ -157,7 +157,7 @@ class GlimpseData:
     def classes(self) -> int:
         return 10
 
-    def _draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
+    def draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
         """Float images in [0, 1]: the originals, or canvases drawn with `generator`."""
         images = split.images[idx]
         if not self.canvas:
@@ -173,13 +173,13 @@ class GlimpseData:
             return None
         idx = torch.arange(len(split), device=self.device)
         # Held as uint8 (a quarter of the memory); the sums are whole multiples of 1/255, so this is exact.
-        return torch.cat([self._draw(split, i, generator).mul_(255).round_().to(torch.uint8) for i in idx.split(chunk)])
+        return torch.cat([self.draw(split, i, generator).mul_(255).round_().to(torch.uint8) for i in idx.split(chunk)])
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch: shuffled, with fresh canvases (drawn with `generator`, so an epoch is reproducible)."""
         order = torch.randperm(len(self.train), generator=generator, device=self.device)
         for idx in order.split(batch_size):
-            yield self._draw(self.train, idx, generator), self.train.labels[idx]
+            yield self.draw(self.train, idx, generator), self.train.labels[idx]
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Validation or test in a fixed order, the same canvases every time."""

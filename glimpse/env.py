@@ -186,7 +186,7 @@ class _Episodes:
             i = idx[lo : lo + DRAW_CHUNK]
             # Training images get fresh canvases every episode; validation and test read the canvases
             # drawn once, divided exactly as GlimpseData.eval_batches divides them.
-            self.images[lo : lo + DRAW_CHUNK] = self.data._draw(self.split, i, self.generator) if self.fresh else stored[i].div(255)
+            self.images[lo : lo + DRAW_CHUNK] = self.data.draw(self.split, i, self.generator) if self.fresh else stored[i].div(255)
         self.labels = self.split.labels[idx]
         self.location = loc.reshape(self.batch, 2).clamp(-1, 1)
         self.t = 1

@@ -63,7 +63,7 @@ def test_dram_location_learns_from_the_classification_loss_ram_location_only_fro
         ("soft", ("model.stride=8", "data.train_limit=30000", "trainer.epochs=1"), 45.0),  # slow starter: 400 steps
         ("dram", ("trainer.epochs=2", "trainer.lr=0.003"), 20.0),
         ("fc", ("trainer.epochs=1",), 10.0),
-        ("cnn", ("data.train_limit=10000", "trainer.epochs=1"), 10.0),
+        ("cnn", ("data.train_limit=20000", "trainer.epochs=1", "trainer.lr=0.003"), 10.0),
     ],
 )
 def test_each_model_learns_on_real_mnist_and_accounts_for_its_cost(name, extra, bound, tmp_path):

@@ -140,7 +140,7 @@ class RAM(nn.Module):
     def from_config(cls, cfg, image_shape: tuple[int, int, int], classes: int) -> "RAM":
         m, s = cfg.model, cfg.sensor
         return cls(
-            image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor, resize=s.resize,
+            image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor, resize=s.get("resize", "area"),
             what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden, core=m.core, std=m.std,
             eval_start=m.eval_start,
         )

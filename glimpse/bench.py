@@ -157,8 +157,8 @@ def scaling(models: tuple[str, ...] = MODELS, sizes: tuple[int, ...] = SIZES, ba
     device = resolve_device(base.device)
     out: dict = {"batch": batch, "repeats": repeats, "device": str(device), "threads": torch.get_num_threads(), "models": {}}
     for name in models:
-        rows = []
         cfg = compose_config([f"experiment={name}_mnist", *extra])
+        built = {}
         for size in sizes:
             images = digits[:batch].to(device)
             if size > images.shape[-1]:
@@ -166,12 +166,13 @@ def scaling(models: tuple[str, ...] = MODELS, sizes: tuple[int, ...] = SIZES, ba
             else:
                 images = images.div(255)
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg, tuple(images.shape[1:]), 10).to(device).eval()
-            with torch.no_grad():
-                seconds = statistics.median(interleaved({"infer": lambda: model(images, greedy=True)}, 1, repeats, device)["infer"])
-            rows.append({"size": size, "seconds_per_image": seconds / batch, "macs_per_image": macs_per_image(model, images),
-                         "params": params(model)})
-            del model
+            built[size] = (build_model(cfg, tuple(images.shape[1:]), 10).to(device).eval(), images)
+        # The sizes take turns within each repeat, so a drift in the machine's speed hits them alike.
+        with torch.no_grad():
+            t = interleaved({size: (lambda m=m, x=x: m(x, greedy=True)) for size, (m, x) in built.items()}, 1, repeats, device)
+        rows = [{"size": size, "seconds_per_image": statistics.median(t[size]) / batch, "macs_per_image": macs_per_image(m, x),
+                 "params": params(m)} for size, (m, x) in built.items()]
+        del built
         out["models"][name] = rows
     return out
 

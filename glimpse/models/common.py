@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -15,3 +16,10 @@ class Episode:
     baselines: Tensor | None = None  # (B, T-1): b_t, the baseline's reward prediction for those steps
     means: Tensor | None = None  # (B, T-1, 2): the location policy's means
     attention: Tensor | None = None  # (B, T, heads, N): soft attention's weights over the grid cells, per step
+
+
+def start_locations(batch: int, device: torch.device, generator: torch.Generator | None, random: bool) -> Tensor:
+    """l_1: uniform at random over [-1, 1]^2, or the centre."""
+    if random:
+        return torch.rand(batch, 2, generator=generator, device=device) * 2 - 1
+    return torch.zeros(batch, 2, device=device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from glimpse.models.common import Episode
+from glimpse.models.common import Episode, start_locations
 from glimpse.models.ram import ActionNetwork, CoreNetwork, GlimpseNetwork
 from glimpse.sensor import Sensor, patch_sides, sample
 
@@ -57,10 +57,7 @@ class DRAM(nn.Module):
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
         b, device = images.shape[0], images.device
-        if self.training or self.eval_start == "random":
-            loc = torch.rand(b, 2, generator=generator, device=device) * 2 - 1
-        else:
-            loc = torch.zeros(b, 2, device=device)
+        loc = start_locations(b, device, generator, self.training or self.eval_start == "random")
         state, locations = None, [loc]
         for t in range(self.glimpses):
             patches = sample(images, loc, self.sensor.patch, self.sides, snap=False)

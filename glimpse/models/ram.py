@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glimpse.models.common import Episode
+from glimpse.models.common import Episode, start_locations
 from glimpse.sensor import Sensor
 
 
@@ -147,9 +147,7 @@ class RAM(nn.Module):
 
     def start(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         """l_1: uniform at random in training; at evaluation random or the centre (`model.eval_start`)."""
-        if self.training or self.eval_start == "random":
-            return torch.rand(batch, 2, generator=generator, device=device) * 2 - 1
-        return torch.zeros(batch, 2, device=device)
+        return start_locations(batch, device, generator, self.training or self.eval_start == "random")
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
         b, device = images.shape[0], images.device

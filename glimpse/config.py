@@ -24,7 +24,7 @@ def choices(group: str) -> list[str]:
 def check_overrides(args: list[str]) -> None:
     """Refuse an unknown `group=option` on the command line before Hydra composes anything."""
     for arg in args:
-        m = re.fullmatch(r"\+?(data|model|trainer|experiment)=(.*)", arg)
+        m = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=(.*)", arg)
         if not m:
             continue
         group, value = m.groups()

@@ -117,18 +117,22 @@ RESIZES = ("area", "bilinear")
 
 
 def retina(
-    images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0, resize: str = "area"
+    images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0, resize: str = "area",
+    snap: bool = True,
 ) -> Tensor:
     """rho(x, l): patches (B, scales, C, patch, patch) of `images` (B, C, H, W) at `locations` (B, 2).
 
     `locations` (B, N, 2) reads N glimpses of each image at once: (B, N, scales, C, patch, patch).
 
     resize="area": each side x side window is gathered whole and area-averaged (exact; cost ~ sum of side^2).
-    resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2).
+    resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2); with
+    snap=False the patches are not rounded to whole pixels and are differentiable in the location.
     """
     sides = patch_sides(patch, scales, scale_factor)
     if resize == "bilinear":
-        return sample(images, locations, patch, tuple(sides))
+        return sample(images, locations, patch, tuple(sides), snap)
+    if not snap:
+        raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
     out = []
     for side in sides:
         window = crop(images, locations, side)
@@ -142,16 +146,16 @@ def retina(
 class Sensor(torch.nn.Module):
     """The glimpse sensor shared by every model that looks through glimpses and by the environments."""
 
-    def __init__(self, patch: int = 8, scales: int = 1, scale_factor: float = 2.0, resize: str = "area"):
+    def __init__(self, patch: int = 8, scales: int = 1, scale_factor: float = 2.0, resize: str = "area", snap: bool = True):
         super().__init__()
-        self.patch, self.scales, self.scale_factor, self.resize = patch, scales, scale_factor, resize
+        self.patch, self.scales, self.scale_factor, self.resize, self.snap = patch, scales, scale_factor, resize, snap
 
     @property
     def sides(self) -> list[int]:
         return patch_sides(self.patch, self.scales, self.scale_factor)
 
     def forward(self, images: Tensor, locations: Tensor) -> Tensor:
-        return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize)
+        return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize, self.snap)
 
     def extra_repr(self) -> str:
-        return f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}, resize={self.resize}"
+        return f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}, resize={self.resize}, snap={self.snap}"

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from glimpse.models.common import Episode, start_locations
 from glimpse.models.ram import ActionNetwork, CoreNetwork, GlimpseNetwork
-from glimpse.sensor import Sensor, patch_sides, sample
+from glimpse.sensor import Sensor
 
 
 class DRAM(nn.Module):
@@ -40,8 +40,7 @@ class DRAM(nn.Module):
         super().__init__()
         channels = image_shape[0]
         self.image_shape, self.glimpses, self.eval_start = tuple(image_shape), glimpses, eval_start
-        self.sensor = Sensor(patch, scales, scale_factor, "bilinear")
-        self.sides = tuple(patch_sides(patch, scales, scale_factor))
+        self.sensor = Sensor(patch, scales, scale_factor, "bilinear", snap=False)  # differentiable in the location
         self.glimpse_net = GlimpseNetwork(scales * channels * patch * patch, what, where, glimpse_out)
         self.core = CoreNetwork(core, glimpse_out, hidden)
         self.location_net = nn.Linear(hidden, 2)  # l_{t+1} = tanh(Linear(h_t)), not detached
@@ -60,8 +59,7 @@ class DRAM(nn.Module):
         loc = start_locations(b, device, generator, self.training or self.eval_start == "random")
         state, locations = None, [loc]
         for t in range(self.glimpses):
-            patches = sample(images, loc, self.sensor.patch, self.sides, snap=False)
-            h, state = self.core(self.glimpse_net(patches, loc), state)
+            h, state = self.core(self.glimpse_net(self.sensor(images, loc), loc), state)
             if t < self.glimpses - 1:
                 loc = torch.tanh(self.location_net(h))
                 locations.append(loc)

@@ -114,6 +114,14 @@ def validate(cfg: DictConfig) -> None:
         one_of("model.eval_start", ("centre", "random"))
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
+    one_of("trainer.on_nonfinite", ("stop", "skip"))
+    v = _get(cfg, "trainer.checkpoint_every_minutes")
+    if not (_is_number(v) and v >= 0):
+        raise ConfigError("trainer.checkpoint_every_minutes", v, "a number of minutes >= 0 (0: only at epoch ends)")
+    v = _get(cfg, "trainer.visual_every")
+    if not (_is_int(v) and v >= 0):
+        raise ConfigError("trainer.visual_every", v, "an integer >= 0 (0: no pictures)")
+    positive_int("trainer.visual_images")
     v = _get(cfg, "data.val_fraction")
     if not (_is_number(v) and 0 < v < 1):
         raise ConfigError("data.val_fraction", v, "a number in (0, 1)")

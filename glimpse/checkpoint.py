@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -14,14 +15,14 @@ from glimpse.errors import UserError
 FORMAT = "glimpse-checkpoint-1"
 
 
-def save(payload: dict[str, Any], path: str | Path) -> None:
-    """Write `payload` to `path` so that a reader sees the old file or the new one, never half of one."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a temp file beside `path`, then rename it over `path`: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -30,15 +31,48 @@ def save(payload: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save`; anything else is refused with one line naming the file."""
+def remove_stale_temp_files(folder: str | Path) -> None:
+    """Temp files a killed writer left behind (the file they were meant to replace is intact)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def save(payload: dict[str, Any], path: str | Path) -> None:
+    """Write `payload` to `path` atomically, with the glimpse format marker."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("config", "model")) -> dict[str, Any]:
+    """Read a checkpoint written by `save`; anything else is refused with one line naming the file.
+
+    weights_only=True: a pickle that would run code, a truncated file or random bytes are refused, not executed.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise UserError(f"checkpoint {path} is unreadable or not a glimpse checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        first_line = next(iter(str(err).splitlines()), "")[:160]
+        why = "empty file" if path.stat().st_size == 0 else f"{type(err).__name__}: {first_line}"
+        raise UserError(f"checkpoint {path} is unreadable or not a glimpse checkpoint ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not a glimpse checkpoint (no '{FORMAT}' marker)")
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise UserError(f"checkpoint {path} is incomplete: it lacks {', '.join(missing)}")
     return payload
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """'key: saved -> current' for every config key that differs (nested keys dotted), `ignore`d keys left out."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b, skip = flat(saved), flat(current), set(ignore)
+    return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in sorted(a.keys() | b.keys())
+            if k not in skip and a.get(k, "<absent>") != b.get(k, "<absent>")]

@@ -175,10 +175,17 @@ class GlimpseData:
         # Held as uint8 (a quarter of the memory); the sums are whole multiples of 1/255, so this is exact.
         return torch.cat([self.draw(split, i, generator).mul_(255).round_().to(torch.uint8) for i in idx.split(chunk)])
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch: shuffled, with fresh canvases (drawn with `generator`, so an epoch is reproducible)."""
+    def train_batches(self, batch_size: int, generator: torch.Generator, start: int = 0,
+                      generator_state: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch: shuffled, with fresh canvases (drawn with `generator`, so an epoch is reproducible).
+
+        Resuming mid-epoch: `start` batches are skipped and, once the epoch's order is drawn, the
+        generator is set to `generator_state` (its state when the checkpoint was written).
+        """
         order = torch.randperm(len(self.train), generator=generator, device=self.device)
-        for idx in order.split(batch_size):
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        for idx in order.split(batch_size)[start:]:
             yield self.draw(self.train, idx, generator), self.train.labels[idx]
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -10,6 +10,7 @@ new best validation error. At the end the best checkpoint is scored once on test
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import sys
@@ -30,6 +31,8 @@ from glimpse.evaluate import evaluate_model
 from glimpse.models import build_model
 from glimpse.objectives import hybrid_loss
 
+log = logging.getLogger(__name__)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -49,6 +52,15 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> tuple[torch.optim
     return opt, sched
 
 
+# Keys that may change between a run and its resumption without changing what it computes.
+RESUMABLE_CHANGES = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every_minutes", "trainer.visual_every",
+                     "trainer.visual_images", "data.root", "data.download")
+
+
+class NonFiniteError(UserError):
+    """A NaN or infinite loss or gradient with trainer.on_nonfinite=stop."""
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train `cfg`'s model on `cfg`'s data; write checkpoints, TensorBoard scalars and metrics.json to `run_dir`."""
     validate(cfg)
@@ -56,55 +68,95 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     device = resolve_device(cfg.device)
     t, m = cfg.trainer, cfg.model
     torch.manual_seed(cfg.seed)
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if not t.resume and (last_path.exists() or (run_dir / "metrics.json").exists()):
+        raise UserError(f"run folder {run_dir} already holds a run; continue it with trainer.resume=true "
+                        "or start a new one in another folder (hydra.run.dir)")
+    if t.resume and last_path.parent.is_dir():
+        checkpoint.remove_stale_temp_files(last_path.parent)  # a killed writer's leftovers; the files they replace are intact
+    resume = t.resume and last_path.is_file()
+    if t.resume and not resume:  # killed before its first checkpoint (or a new folder): nothing to lose, start over
+        log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last_path)
 
     data = GlimpseData(cfg.data, cfg.seed, device)
     check_image_fits(cfg, *data.train.images.shape[-2:])
     model = build_model(cfg, data.image_shape, data.classes).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
 
-    start_epoch, best_val, best_epoch, train_seconds, images_seen = 0, math.inf, -1, 0.0, 0
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if t.resume:
-        state = checkpoint.load(last_path, map_location=device)
+    # Everything a resumed run needs to continue exactly where this one stopped, even mid-epoch.
+    progress = {"epoch": 0, "batch": 0, "generator": None, "sums": {}, "images": 0, "seconds": 0.0, "skipped": 0,
+                "best_val_error": math.inf, "best_epoch": -1, "train_seconds": 0.0, "images_seen": 0}
+    if resume:
+        state = checkpoint.load(last_path, map_location=device, required=("config", "model", "optimizer", "scheduler", "progress"))
+        changed = checkpoint.config_differences(state["config"], config, ignore=RESUMABLE_CHANGES)
+        if changed:
+            raise UserError(f"checkpoint {last_path} was written by a different config; differing keys: {'; '.join(changed)}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_val, best_epoch = state["epoch"], state["best_val_error"], state["best_epoch"]
-        train_seconds, images_seen = state["train_seconds"], state["images_seen"]
+        torch.set_rng_state(state["rng"]["torch"])
+        progress = state["progress"]
 
-    writer = SummaryWriter(log_dir=str(run_dir))
-    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
-    bar = tqdm(range(start_epoch, t.epochs), initial=start_epoch, total=t.epochs, desc=f"{m.name} {cfg.data.name}",
+    def save_last(epoch: int, batch: int, generator: torch.Generator | None, sums: dict, images: int, seconds: float, skipped: int) -> None:
+        progress.update(epoch=epoch, batch=batch, generator=generator.get_state() if generator is not None else None,
+                        sums=dict(sums), images=images, seconds=seconds, skipped=skipped)
+        checkpoint.save({"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                         "progress": progress, "epoch": epoch}, last_path)
+
+    # purge_step: events the killed run wrote after its last checkpoint are dropped, so the curves stay continuous.
+    resumed_at = progress["epoch"] * steps_per_epoch + progress["batch"]
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=resumed_at + 1 if t.resume else None)
+    every = t.checkpoint_every_minutes * 60
+    last_saved = time.monotonic()
+    weights = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(range(progress["epoch"], t.epochs), initial=progress["epoch"], total=t.epochs, desc=f"{m.name} {cfg.data.name}",
                disable=not t.progress, dynamic_ncols=True)
     for epoch in bar:
-        # Canvases and policy noise of an epoch depend only on (seed, epoch): resuming replays them exactly.
+        # Canvases and policy noise of an epoch depend only on (seed, epoch) and the batch reached: resuming replays them.
         gen = seeded(cfg.seed, "train", epoch, device=device)
+        start = progress["batch"]
+        batches = data.train_batches(t.batch_size, gen, start, progress["generator"])
+        sums: dict[str, torch.Tensor] = progress["sums"]
+        n, seconds, skipped = progress["images"], progress["seconds"], progress["skipped"]
         model.train()
-        sums: dict[str, torch.Tensor] = {}
-        n = 0
         tic = time.perf_counter()
-        for images, labels in data.train_batches(t.batch_size, gen):
+        for batch, (images, labels) in enumerate(batches, start=start + 1):
             episode = model(images, generator=gen)
             loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # One sync per step; a NaN/inf must never reach the weights or the checkpoints.
+            if not torch.isfinite(loss + torch.nn.utils.get_total_norm([p.grad for p in weights if p.grad is not None])):
+                if t.on_nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"training stopped: non-finite loss or gradient (loss {loss.item()}) at epoch {epoch + 1}, batch {batch}; "
+                        f"the last good checkpoint is {last_path if last_path.exists() else 'not written yet'}; "
+                        "lower trainer.lr, or set trainer.on_nonfinite=skip to skip such batches")
+                skipped += 1
+                continue
             optimizer.step()
             for k, v in terms.items():  # summed on the device: no sync per step
-                sums[k] = sums.get(k, 0) + v * len(labels)
+                sums[k] = sums.get(k, 0) + v.detach() * len(labels)
             n += len(labels)
-        seconds = time.perf_counter() - tic
-        train_seconds += seconds
-        images_seen += n
+            if every and time.monotonic() - last_saved >= every:
+                save_last(epoch, batch, gen, sums, n, seconds + time.perf_counter() - tic, skipped)
+                last_saved = time.monotonic()
+        seconds += time.perf_counter() - tic
+        progress["train_seconds"] += seconds
+        progress["images_seen"] += n
         step = (epoch + 1) * steps_per_epoch
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
         val = evaluate_model(model, data.eval_batches("val", t.eval_batch_size), t.eval_samples,
                              seeded(cfg.seed, "eval", "val", device=device))
-        scalars = {f"train/{k}": v.item() / n for k, v in sums.items()}
-        scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
-        scalars.update({"train/lr": lr, "train/images_per_second": n / seconds,
+        scalars = {f"train/{k}": v.item() / max(n, 1) for k, v in sums.items()}
+        if "train/reward" in scalars:
+            scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
+        scalars.update({"train/lr": lr, "train/images_per_second": n / max(seconds, 1e-9), "train/skipped_batches": skipped,
                         "val/error": val["error"], "val/error_greedy": val["error_greedy"]})
         std = getattr(getattr(model, "location_net", None), "std", None)
         if std is not None:
@@ -112,14 +164,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         for k, v in scalars.items():
             writer.add_scalar(k, v, step)
 
-        if val["error"] < best_val:
-            best_val, best_epoch = val["error"], epoch + 1
-            checkpoint.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "val_error": best_val}, best_path)
-        checkpoint.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "best_val_error": best_val, "best_epoch": best_epoch,
-                         "train_seconds": train_seconds, "images_seen": images_seen}, last_path)
-        bar.set_postfix(ce=f"{scalars['train/loss/ce']:.3f}", train_err=f"{scalars['train/error']:.2f}",
-                        val_err=f"{val['error']:.2f}", img_s=f"{n / seconds:,.0f}")
+        if val["error"] < progress["best_val_error"]:
+            progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
+            checkpoint.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "val_error": val["error"]}, best_path)
+        save_last(epoch + 1, 0, None, {}, 0, 0.0, 0)
+        last_saved = time.monotonic()
+        log.info("epoch %d/%d: train ce %.4f, val error %.2f%% (greedy %.2f%%), %.0f images/s", epoch + 1, t.epochs,
+                 scalars.get("train/loss/ce", math.nan), val["error"], val["error_greedy"], n / max(seconds, 1e-9))
+        bar.set_postfix(ce=f"{scalars.get('train/loss/ce', math.nan):.3f}", val_err=f"{val['error']:.2f}", img_s=f"{n / max(seconds, 1e-9):,.0f}")
         writer.flush()
 
     # Test once, with the checkpoint chosen on validation.
@@ -132,8 +184,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     metrics = {
         "model": m.name, "data": cfg.data.name, "seed": cfg.seed,
         "test_error": test["error"], "test_error_greedy": test["error_greedy"],
-        "val_error_best": best_val, "best_epoch": best_epoch, "epochs": t.epochs,
-        "train_seconds": train_seconds, "train_images_per_second": images_seen / max(train_seconds, 1e-9),
+        "val_error_best": progress["best_val_error"], "best_epoch": progress["best_epoch"], "epochs": t.epochs,
+        "train_seconds": progress["train_seconds"],
+        "train_images_per_second": progress["images_seen"] / max(progress["train_seconds"], 1e-9),
         "inference_images_per_second": inference,
         "params": params(model), "macs_per_image": macs_per_image(model, probe),
         "pixels_per_image": test["pixels_per_image"],
@@ -142,7 +195,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     for k in ("error", "error_greedy"):
         writer.add_scalar(f"test/{k}", test[k], t.epochs * steps_per_epoch)
     writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    checkpoint.atomic_write(run_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     return metrics
 
 
@@ -166,6 +219,9 @@ def _hydra_main() -> None:
     def main(cfg: DictConfig) -> None:
         try:
             metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+        except NonFiniteError as err:
+            print(f"glimpse.train: {err}", file=sys.stderr)
+            sys.exit(3)
         except UserError as err:
             print(f"glimpse.train: {err}", file=sys.stderr)
             sys.exit(2)

@@ -1,0 +1,414 @@
+"""Pictures of where the models look, and the TensorBoard writing of them and of the hyperparameters.
+
+Everything here works on whole batches of float images (N, C, H, W) in [0, 1]
+and returns uint8 RGB tensors (N, 3, H', W'), so the same pictures go to
+TensorBoard (`log_pictures`) and to files (`python -m glimpse.visualize`).
+Small images are enlarged by a whole factor with nearest-neighbour, so each
+image pixel stays a crisp square and the glimpse rectangles fall on pixel edges.
+
+Coordinates are DESIGN.md's and glimpse/sensor.py's: a location (x, y) in
+[-1, 1]^2 has its centre at pixel u = (x + 1) * W / 2, v = (y + 1) * H / 2,
+where pixel j covers [j, j + 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor, nn
+
+from glimpse.sensor import patch_origins
+
+if TYPE_CHECKING:  # imported for the hints only: importing torch's tensorboard writer costs time
+    from omegaconf import DictConfig
+    from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger(__name__)
+
+# matplotlib's tab10: ten colours that stay apart on grey digits; step t gets PALETTE[t % 10].
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+SIZE = 224  # target side of a drawn image, in screen pixels
+BAND = 20  # height of the text band above a picture
+RIGHT, WRONG, PATH = (120, 230, 120), (255, 110, 110), (235, 235, 235)
+# Config keys that say where or how a run is kept, not what was trained: left out of the HParams table.
+NOT_HPARAMS = ("data.root", "data.download", "trainer.progress", "trainer.resume")
+# metrics.json key -> scalar tag that the HParams table shows for a run (DESIGN.md's tag names).
+HPARAM_METRICS = {
+    "test_error": "test/error", "test_error_greedy": "test/error_greedy",
+    "val_error_best": "val/error_best", "pixels_per_image": "test/pixels_per_image",
+}
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def glimpse_boxes(locations: Tensor, sides: Sequence[int], height: int, width: int, snap: bool = True) -> Tensor:
+    """Pixel rectangles (x0, y0, x1, y1) of the patches read at `locations` (..., 2): (..., scales, 4), float.
+
+    The patch of side s covers columns x0 .. x1 - 1 (x1 = x0 + s), as the sensor
+    reads it: with `snap` its origin is `sensor.patch_origins` (whole pixels);
+    without (DRAM's differentiable sensor) the origin is the same expression unrounded.
+    """
+    boxes = []
+    for side in sides:
+        if snap:
+            origin = patch_origins(locations.reshape(-1, 2), side, height, width).view(*locations.shape).float()
+        else:
+            origin = (locations + 1) * locations.new_tensor([width / 2, height / 2]) - (side / 2 - 0.5)
+        boxes.append(torch.cat([origin, origin + side], -1))
+    return torch.stack(boxes, -2)
+
+
+def attention_maps(attention: Tensor, cells: Tensor, side: int, height: int, width: int) -> Tensor:
+    """Soft attention as a density over the image: (B, T, heads, N) weights on N cells -> (B, T, heads, H, W).
+
+    Each cell's weight is spread evenly over the pixels of its finest patch
+    (side x side at `cells` (N, 2) or (B, N, 2)), so overlapping cells add up and
+    each map sums to 1 over the image: a pixel's value is how much of the step's
+    attention lands on it, whatever the grid's stride.
+    """
+    if cells.dim() == 3:
+        cells = cells[0]  # the grid is the same for every image
+    box = glimpse_boxes(cells, [side], height, width)[:, 0]  # (N, 4)
+    rows = torch.arange(height, device=cells.device)
+    cols = torch.arange(width, device=cells.device)
+    in_rows = ((rows >= box[:, 1:2]) & (rows < box[:, 3:4])).to(attention.dtype)  # (N, H)
+    in_cols = ((cols >= box[:, 0:1]) & (cols < box[:, 2:3])).to(attention.dtype)  # (N, W)
+    return torch.einsum("bthn,ny,nx->bthyx", attention, in_rows, in_cols) / side**2
+
+
+# ---------------------------------------------------------------- drawing helpers
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _rgb(images: Tensor) -> Tensor:
+    """float (N, C, H, W) in [0, 1] -> uint8 (N, 3, H, W) on the CPU; grey images are repeated to RGB."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images[:, :3].mul(255).round().to(torch.uint8)
+
+
+def _enlarge(images: Tensor, factor: int) -> Tensor:
+    """Nearest-neighbour enlargement of (..., H, W) by a whole factor."""
+    return images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def scale_factor(height: int, width: int, size: int = SIZE) -> int:
+    """The whole enlargement that brings the longer side to at least `size` screen pixels."""
+    return max(1, math.ceil(size / max(height, width)))
+
+
+def _pil(image: Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+
+
+def _tensor(image: Image.Image) -> Tensor:
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3).permute(2, 0, 1)
+
+
+def _caption(label: int | None, prediction: int | None) -> tuple[str, tuple[int, int, int]]:
+    """'true 7 / pred 3', green when right, red when wrong."""
+    parts = ([f"true {label}"] if label is not None else []) + ([f"pred {prediction}"] if prediction is not None else [])
+    colour = PATH if label is None or prediction is None else RIGHT if label == prediction else WRONG
+    return " / ".join(parts), colour
+
+
+def _with_band(picture: Image.Image, text: str, colour: tuple[int, int, int]) -> Image.Image:
+    """The picture below a black band holding `text`: the text never hides what was drawn."""
+    out = Image.new("RGB", (picture.width, picture.height + BAND))
+    out.paste(picture, (0, BAND))
+    ImageDraw.Draw(out).text((4, 3), text, fill=colour, font=_font(14))
+    return out
+
+
+def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int], limit: tuple[int, int]) -> None:
+    """`text` in white on a small box of `colour` at `xy`, moved inside the picture if it would leave it."""
+    font = _font(12)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left + 4, bottom - top + 2
+    x = min(max(xy[0], 0), limit[0] - w)
+    y = min(max(xy[1], 0), limit[1] - h)
+    draw.rectangle([x, y, x + w - 1, y + h - 1], fill=colour)
+    draw.text((x + 2 - left, y + 1 - top), text, fill=(255, 255, 255), font=font)
+
+
+def _items(values: Tensor | None, n: int) -> list[int | None]:
+    return [None] * n if values is None else [int(v) for v in values.tolist()]
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def draw_trajectories(
+    images: Tensor, locations: Tensor, sides: Sequence[int], labels: Tensor | None = None,
+    predictions: Tensor | None = None, snap: bool = True, steps: int | None = None, size: int = SIZE,
+) -> Tensor:
+    """Each image with the glimpses of its first `steps` steps drawn on it: uint8 (N, 3, BAND + k H, k W).
+
+    `locations` (N, T, 2). One rectangle per scale in the step's colour (finest
+    thickest), the step's number at the finest rectangle's corner, and a line
+    joining the patch centres in order. The band above says 'true y / pred y'.
+    """
+    n, _, h, w = images.shape
+    steps = locations.shape[1] if steps is None else steps
+    k = scale_factor(h, w, size)
+    boxes = (glimpse_boxes(locations[:, :steps].detach().float().cpu(), sides, h, w, snap) * k).tolist()
+    pictures = _enlarge(_rgb(images), k)
+    out = []
+    for i, label, prediction in zip(range(n), _items(labels, n), _items(predictions, n)):
+        picture = _pil(pictures[i])
+        draw = ImageDraw.Draw(picture)
+        centres = [((b[0][0] + b[0][2]) / 2, (b[0][1] + b[0][3]) / 2) for b in boxes[i]]
+        if len(centres) > 1:
+            draw.line(centres, fill=PATH, width=2)
+        for t, step_boxes in enumerate(boxes[i]):  # later steps drawn over earlier ones
+            colour = PALETTE[t % len(PALETTE)]
+            for s, (x0, y0, x1, y1) in enumerate(step_boxes):
+                # PIL's rectangle includes its last row and column: x1 - 1 is the patch's last pixel.
+                draw.rectangle([round(x0), round(y0), round(x1) - 1, round(y1) - 1], outline=colour, width=max(1, 3 - s))
+            cx, cy = centres[t]
+            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+        for t, step_boxes in enumerate(boxes[i]):  # numbers last: no rectangle crosses them
+            _tag(draw, (step_boxes[0][0] + 2, step_boxes[0][1] + 2), str(t + 1), PALETTE[t % len(PALETTE)], picture.size)
+        out.append(_tensor(_with_band(picture, *_caption(label, prediction))))
+    return torch.stack(out)
+
+
+def patch_grid(patches: Tensor, size: int = 48) -> Tensor:
+    """The patches the agent saw: (N, T, scales, C, p, p) -> uint8 (N, 3, BAND + scales * c, T * c).
+
+    Column t is step t + 1 (its number on top, its border in the step's colour,
+    as in `draw_trajectories`); row s is scale s, finest first, each patch as the
+    network received it (resized to p x p), enlarged to about `size` pixels.
+    """
+    n, steps, scales, _, p, _ = patches.shape
+    k, border = scale_factor(p, p, size), 3
+    cell = k * p + 2 * border
+    flat = _enlarge(_rgb(patches.flatten(0, 2)), k).view(n, steps, scales, 3, k * p, k * p)
+    colours = torch.tensor([PALETTE[t % len(PALETTE)] for t in range(steps)], dtype=torch.uint8)
+    grid = colours.view(1, steps, 1, 3, 1, 1).repeat(n, 1, scales, 1, cell, cell)
+    grid[..., border:-border, border:-border] = flat
+    grid = grid.permute(0, 3, 2, 4, 1, 5).reshape(n, 3, scales * cell, steps * cell)
+    out = []
+    for image in grid:
+        picture = Image.new("RGB", (image.shape[2], image.shape[1] + BAND))
+        picture.paste(_pil(image), (0, BAND))
+        draw = ImageDraw.Draw(picture)
+        for t in range(steps):
+            draw.text((t * cell + cell // 2 - 4, 3), str(t + 1), fill=PALETTE[t % len(PALETTE)], font=_font(14))
+        out.append(_tensor(picture))
+    return torch.stack(out)
+
+
+def episode_frames(
+    images: Tensor, locations: Tensor, patches: Tensor, sides: Sequence[int], labels: Tensor | None = None,
+    predictions: Tensor | None = None, snap: bool = True, size: int = SIZE,
+) -> Tensor:
+    """One frame per glimpse: uint8 (N, T, 3, H', W'), for add_video and GIFs.
+
+    Frame t is the trajectory so far (steps 1 .. t + 1) with, on its right, the
+    patches of step t + 1 stacked finest first in a border of the step's colour;
+    the prediction appears in the last frame only, as the model makes it after
+    its last glimpse.
+    """
+    n, steps, scales, _, p, _ = patches.shape
+    border = 3
+    shown = scale_factor(images.shape[-2], images.shape[-1], size) * images.shape[-2]  # the drawn image's height
+    side = max(1, (shown - 2 * border) // scales // p) * p  # a whole multiple of p: patch pixels stay square
+    column = _enlarge(_rgb(patches.flatten(0, 2)), side // p).view(n, steps, scales, 3, side, side)
+    column = column.permute(0, 1, 3, 2, 4, 5).reshape(n, steps, 3, scales * side, side)
+    frames = []
+    for t in range(steps):
+        trajectory = draw_trajectories(images, locations, sides, labels, predictions if t == steps - 1 else None, snap, t + 1, size)
+        _, _, th, tw = trajectory.shape
+        frame = torch.zeros(n, 3, max(th, BAND + scales * side + 2 * border), tw + side + 2 * border, dtype=torch.uint8)
+        frame[:, :, :th, :tw] = trajectory
+        frame[:, :, BAND : BAND + scales * side + 2 * border, tw:] = torch.tensor(PALETTE[t % len(PALETTE)], dtype=torch.uint8)[:, None, None]
+        frame[:, :, BAND + border : BAND + border + scales * side, tw + border : tw + border + side] = column[:, t]
+        frames.append(frame)
+    return torch.stack(frames, 1)
+
+
+def film_strip(frames: Tensor, gap: int = 4) -> Tensor:
+    """Pictures (T, 3, H, W) side by side, `gap` white columns apart: a video as one image."""
+    padded = F.pad(frames, (0, gap), value=255)
+    return padded.permute(1, 2, 0, 3).reshape(frames.shape[1], frames.shape[2], -1)[..., :-gap]
+
+
+def _heat(values: Tensor) -> Tensor:
+    """The 'hot' colour map (black, red, yellow, white) of values in [0, 1]: (...,) -> (..., 3) in [0, 1]."""
+    return torch.stack([(3 * values).clamp(0, 1), (3 * values - 1).clamp(0, 1), (3 * values - 2).clamp(0, 1)], -1)
+
+
+def draw_attention(
+    images: Tensor, maps: Tensor, labels: Tensor | None = None, predictions: Tensor | None = None, size: int = 112,
+) -> Tensor:
+    """Soft attention heat maps: images (N, C, H, W), maps (N, T, heads, H, W) -> uint8 (N, 3, H', W').
+
+    A grid of panels: column t is step t + 1, the first row the mean over heads,
+    then one row per head (when there are several). Each panel is the image
+    dimmed under the 'hot' colour map of its map, scaled to the panel's own
+    maximum so every step's shape shows; 'all' and 'h1', 'h2', ... name the rows.
+    """
+    n, steps, heads, h, w = maps.shape
+    maps = maps.detach().float().cpu()
+    if heads > 1:
+        maps = torch.cat([maps.mean(2, keepdim=True), maps], 2)
+    rows, k, gap = maps.shape[2], scale_factor(h, w, size), 2
+    peak = maps.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]
+    heat = _heat(maps / peak).permute(0, 1, 2, 5, 3, 4)  # (N, T, rows, 3, H, W)
+    grey = _rgb(images).float()[:, None, None] / 255
+    panels = (255 * (0.45 * grey + 0.55 * heat)).round().to(torch.uint8)
+    panels = F.pad(_enlarge(panels, k), (0, gap, 0, gap))  # (N, T, rows, 3, kH + gap, kW + gap)
+    grid = panels.permute(0, 3, 2, 4, 1, 5).reshape(n, 3, rows * (k * h + gap), steps * (k * w + gap))[..., :-gap, :-gap]
+    names = ["all"] + [f"h{j + 1}" for j in range(heads)]
+    out = []
+    for i, label, prediction in zip(range(n), _items(labels, n), _items(predictions, n)):
+        picture = _pil(grid[i])
+        draw = ImageDraw.Draw(picture)
+        for t in range(steps):  # step numbers along the top row, in the steps' colours
+            _tag(draw, (t * (k * w + gap) + 2, 2), str(t + 1), PALETTE[t % len(PALETTE)], picture.size)
+        for r, name in enumerate(names if heads > 1 else []):  # row names down the left, at the panels' feet
+            _tag(draw, (2, (r + 1) * (k * h + gap) - gap - 16), name, (60, 60, 60), picture.size)
+        out.append(_tensor(_with_band(picture, *_caption(label, prediction))))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, size: int = SIZE) -> dict[str, Tensor]:
+    """Run `model` greedily on `images` and draw whatever it supports, by name.
+
+    Models that look through glimpses (ram, dram): 'trajectory' (N, 3, H, W),
+    'patches' (N, 3, H, W) and 'frames' (N, T, 3, H, W). Soft attention:
+    'attention' (N, 3, H, W). Models that look at the whole image (fc, cnn): nothing.
+    The model is put in eval mode for the run and given back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        # A fixed generator: a model that starts at random (eval_start=random) starts at the same place each time.
+        generator = torch.Generator(device=images.device).manual_seed(0)
+        episode = model(images, greedy=True, generator=generator)
+    finally:
+        model.train(was_training)
+    predictions = episode.logits.argmax(1)
+    sensor = getattr(model, "sensor", None)
+    h, w = images.shape[-2:]
+    if episode.attention is not None and episode.locations is not None and sensor is not None:
+        maps = attention_maps(episode.attention, episode.locations, sensor.sides[0], h, w)
+        return {"attention": draw_attention(images, maps, labels, predictions)}
+    if episode.locations is None or sensor is None:
+        return {}
+    snap = getattr(sensor, "snap", True)
+    patches = sensor(images, episode.locations)  # (N, T, scales, C, p, p): what each step read
+    return {
+        "trajectory": draw_trajectories(images, episode.locations, sensor.sides, labels, predictions, snap, size=size),
+        "patches": patch_grid(patches),
+        "frames": episode_frames(images, episode.locations, patches, sensor.sides, labels, predictions, snap, size),
+    }
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+@functools.lru_cache(maxsize=1)
+def has_moviepy() -> bool:
+    """Whether add_video can encode (moviepy < 2: torch needs moviepy.editor); says once, through logging, when not."""
+    try:
+        import moviepy.editor  # noqa: F401
+    except ImportError:
+        log.warning("moviepy<2 is not installed (pip install 'glimpse[video]'): glimpse videos are logged as film strips")
+        return False
+    return True
+
+
+def log_pictures(writer: SummaryWriter, model: nn.Module, images: Tensor, labels: Tensor, step: int, fps: float = 2.0) -> None:
+    """Write the pictures of `model` on these fixed images to TensorBoard at `step`.
+
+    Tags, per image i: `glimpses/{i}/trajectory`, `glimpses/{i}/patches`,
+    `glimpses/{i}/video` (a GIF through add_video; without moviepy a film strip
+    image) for ram and dram; `attention/{i}` for soft; nothing for fc and cnn.
+    """
+    drawn = pictures(model, images, labels)
+    for i in range(len(images)):
+        if "attention" in drawn:
+            writer.add_image(f"attention/{i}", drawn["attention"][i], step)
+        if "trajectory" in drawn:
+            writer.add_image(f"glimpses/{i}/trajectory", drawn["trajectory"][i], step)
+            writer.add_image(f"glimpses/{i}/patches", drawn["patches"][i], step)
+            if has_moviepy():
+                writer.add_video(f"glimpses/{i}/video", drawn["frames"][i : i + 1], step, fps=fps)
+            else:
+                writer.add_image(f"glimpses/{i}/video", film_strip(drawn["frames"][i]), step)
+
+
+def flatten_config(cfg: DictConfig | Mapping) -> dict[str, int | float | str]:
+    """The run's config as flat HParams values: {'model.glimpses': 6, 'data.name': 'mnist', ...}.
+
+    Lists, None and booleans become strings (HParams takes numbers and strings);
+    Hydra's own section and NOT_HPARAMS are left out.
+    """
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    flat: dict[str, int | float | str] = {}
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                walk(value, f"{name}.")
+            elif name not in NOT_HPARAMS:
+                flat[name] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
+
+    walk({k: v for k, v in tree.items() if k != "hydra"}, "")
+    return flat
+
+
+def hparam_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
+    """The HParams metrics, by scalar tag, from a metrics.json dict (the finite numbers among HPARAM_METRICS)."""
+    out = {}
+    for key, tag in HPARAM_METRICS.items():
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[tag] = float(value)
+    return out
+
+
+def log_hparams(writer: SummaryWriter, cfg: DictConfig | Mapping, metrics: Mapping[str, float], step: int) -> None:
+    """Hyperparameters and final metrics for TensorBoard's HParams tab, in the run's own folder.
+
+    `metrics` maps scalar tags to values (see `hparam_metrics`); each is written
+    as a scalar at `step`, as the HParams tab reads a metric's value from the
+    run's scalars. Unlike SummaryWriter.add_hparams, no sub-run folder is made.
+    Of torch's three summaries only the session's start (the hparams) and end
+    are written, not the experiment: TensorBoard takes the columns of the one
+    experiment summary it finds first for every run, so a sweep of ram and soft
+    would lose the hparams only one of them has. Without it, TensorBoard makes
+    the table from all runs: the union of their hparams, their scalars as metrics.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    _experiment, start, end = hparams(flatten_config(cfg), dict(metrics))
+    for summary in (start, end):
+        writer.file_writer.add_summary(summary)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, step)

@@ -1,0 +1,498 @@
+"""Compare glimpse runs and sweeps: one Markdown table of test errors over seeds, a CSV, and plots.
+
+    python experiments/compare.py <sweep or run folders...> --out DIR [--paper] [--expect-data NAME[=NOTE]]...
+
+    python experiments/compare.py multirun/2026-01-02/10-00-00_paper_table --paper --out results/paper_table
+    python experiments/compare.py multirun/a multirun/b --out cmp --expect-data "cifar10=no data on this machine"
+
+Every folder holding a `.hydra/` folder, found recursively under the folders given, is a run (Hydra's
+single-run and multirun folders alike). A run is finished when it has a readable `metrics.json`
+(DESIGN.md); the others are listed under "Failed or unfinished runs" with the error line of their log
+when there is one, and are never averaged. Finished runs are grouped by data set (rows) and model
+(columns). Where runs of one model on one data set differ in more than the seed (their
+`.hydra/config.yaml`, e.g. a sweep over model.glimpses), each setting gets its own column, named by
+the keys that differ; keys that do not change a result (data.root, device, progress bars, ...) and keys
+missing from some of the runs are not compared. Two finished runs of the same setting and seed count
+once: the newer is used, the other is listed as a duplicate.
+
+Writes into DIR:
+    table.md                test error (sampled policy) mean ± sample std over seeds, greedy-policy
+                            error, details per cell (cost, time), failed or unfinished runs
+    runs.csv                one line per run (status ok, failed or duplicate)
+    error_vs_glimpses.png   test error against the number of glimpses (whole-image models: dashed lines)
+    error_vs_macs.png       test error against multiply-accumulates per image (log x)
+    error_vs_pixels.png     test error against image pixels read per image (log x)
+    curves.png              validation error against training step, from each run's TensorBoard events
+
+Each file states the command that produced it and the machine. `--paper` adds the published figures
+(RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and dram columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+import yaml
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+# Published test errors (%) on the same tasks. RAM: Mnih, Heess, Graves, Kavukcuoglu, "Recurrent Models of
+# Visual Attention", NIPS 2014 (cluttered 100x100 from arXiv:1406.6247v1). DRAW (differentiable attention):
+# Gregor et al., "DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, cluttered 100x100.
+PAPER = {
+    "ram": ("RAM (paper)", {"mnist": 1.12, "translated_mnist": 1.20, "cluttered_mnist60": 4.04, "cluttered_mnist100": 10.83}),
+    "dram": ("DRAW (paper)", {"cluttered_mnist100": 3.36}),
+}
+DATA_ORDER = ["mnist", "translated_mnist", "cluttered_mnist60", "cluttered_mnist100", "fashion_mnist", "cifar10"]
+MODEL_ORDER = ["ram", "dram", "soft", "fc", "cnn"]
+MARKERS = "osD^v<>ph*"
+COLORS = {"ram": "tab:red", "dram": "tab:orange", "soft": "tab:blue", "fc": "tab:gray", "cnn": "tab:green"}
+# Config keys that do not change a run's result: never used to tell settings apart.
+IGNORED_KEYS = {"seed", "device", "data.root", "data.download", "trainer.progress", "trainer.resume",
+                "trainer.checkpoint_every_minutes", "trainer.visual_every", "trainer.visual_images",
+                "trainer.eval_batch_size", "trainer.on_nonfinite"}
+# A log line that says why a run stopped: a logged error, or the last line of a Python traceback.
+ERROR_LINE = re.compile(r"\[(ERROR|CRITICAL)\]|^([\w.]+(Error|Exception|Interrupt|Exit))\b|\bKilled\b|CANCELLED|OUT_OF_MEMORY")
+FIGURES = {"error_vs_glimpses.png": "test error against glimpses", "error_vs_macs.png": "test error against MACs per image",
+           "error_vs_pixels.png": "test error against pixels read per image", "curves.png": "validation error during training"}
+
+
+@dataclass
+class Run:
+    """One run folder: its config and overrides from `.hydra/`, and its metrics.json when it finished."""
+
+    folder: Path
+    model: str
+    data: str
+    seed: int | None
+    overrides: list[str]
+    config: dict[str, Any]  # .hydra/config.yaml, flattened to dotted keys
+    metrics: dict[str, Any] | None  # None: failed or unfinished
+    reason: str = ""  # why there is no metrics.json
+    setting: str = ""  # the config keys that tell this run apart from other runs of its model and data set
+    duplicate_of: Path | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def column(self) -> str:
+        return f"{self.model} ({self.setting})" if self.setting else self.model
+
+    def get(self, key: str) -> Any:
+        """A metrics.json value; glimpses falls back to the config's model.glimpses (None: a whole-image model)."""
+        value = (self.metrics or {}).get(key)
+        return self.config.get("model.glimpses") if value is None and key == "glimpses" else value
+
+
+@dataclass
+class Cell:
+    """The finished runs of one (data set, column): one per seed."""
+
+    runs: list[Run]
+
+    def values(self, key: str) -> list[float]:
+        return [float(v) for v in (r.get(key) for r in self.runs) if isinstance(v, (int, float))]
+
+    def mean(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
+
+    def text(self, key: str) -> str:
+        """`1.12 ± 0.05 (n=3)`: mean ± sample standard deviation over seeds; one seed: `1.12 (n=1)`."""
+        values = self.values(key)
+        if not values:
+            return "–"
+        if len(values) == 1:
+            return f"{values[0]:.2f} (n=1)"
+        return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Outputs: table.md, runs.csv, error_vs_glimpses.png, error_vs_macs.png, error_vs_pixels.png, curves.png")
+    p.add_argument("folders", nargs="+", type=Path, help="sweep folders (multirun/...) or run folders, searched recursively")
+    p.add_argument("--out", type=Path, required=True, help="folder for table.md, runs.csv and the plots")
+    p.add_argument("--paper", action="store_true", help="add the published RAM (and DRAW) test errors beside ram (and dram)")
+    p.add_argument("--expect-data", action="append", default=[], metavar="NAME[=NOTE]",
+                   help="a data set row to show even without runs ('not run'), with an optional note; repeatable")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def find_run_folders(folders: list[Path]) -> list[Path]:
+    """Every folder under `folders` (each included) that holds `.hydra/`."""
+    found: set[Path] = set()
+    for top in folders:
+        for dirpath, dirnames, _ in os.walk(top):
+            if ".hydra" in dirnames:
+                found.add(Path(dirpath).resolve())
+                dirnames.clear()  # a run folder holds no further runs
+            else:
+                dirnames[:] = [d for d in dirnames if d not in (".submitit", "checkpoints")]
+    return sorted(found)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for k, v in node.items():
+        flat.update(flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in flat.items()}
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def failure_reason(folder: Path) -> str:
+    """Why a run has no metrics.json, as far as its folder tells: the last error line of its logs."""
+    last_line = ""
+    for log in sorted(folder.glob("*.log")):
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        errors = [line for line in lines if ERROR_LINE.search(line)]
+        if errors:
+            return f"{log.name}: {errors[-1]}"
+        last_line = lines[-1] if lines else last_line
+    reason = "no metrics.json and no error in its log (killed, still running, or stopped by its launcher)"
+    if (folder / "checkpoints" / "last.pt").exists():
+        reason = "unfinished: no metrics.json; checkpoints/last.pt exists (continue it with trainer.resume=true)"
+    if last_line:
+        reason += f"; last log line: {last_line}"
+    if (folder.parent / ".submitit").is_dir():
+        reason += f"; launcher logs in {folder.parent / '.submitit'}"
+    return reason
+
+
+def load_run(folder: Path) -> Run:
+    overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
+    config = flatten(read_yaml(folder / ".hydra" / "config.yaml") or {})
+    metrics: dict[str, Any] | None = None
+    reason = ""
+    if (folder / "metrics.json").exists():
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError) as err:
+            reason = f"metrics.json unreadable: {err}"
+    else:
+        reason = failure_reason(folder)
+    source = metrics or {}
+    return Run(folder=folder, model=str(source.get("model", config.get("model.name", "?"))),
+               data=str(source.get("data", config.get("data.name", "?"))), seed=source.get("seed", config.get("seed")),
+               overrides=[str(o) for o in overrides], config=config, metrics=metrics, reason=reason)
+
+
+def read_curve(folder: Path, tag: str = "val/error") -> list[tuple[int, float]]:
+    """(step, value) of one scalar from the TensorBoard event files in a run folder; [] when absent."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    try:
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 1, "tensors": 1, "histograms": 1})
+        events.Reload()
+        if tag not in events.Tags().get("scalars", []):
+            return []
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+    except Exception:  # noqa: BLE001 - a truncated or foreign event file: no curve for this run, the table still stands
+        return []
+
+
+# -------------------------------------------------------------------------------------------- aggregating
+
+def assign_settings(runs: list[Run]) -> None:
+    """Name each finished run's setting by the config keys that differ within its (data set, model)."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.data, run.model), []).append(run)
+    for group in groups.values():
+        shared = set.intersection(*(set(r.config) for r in group)) - IGNORED_KEYS
+        varying = sorted(k for k in shared if len({repr(r.config[k]) for r in group}) > 1)
+        for run in group:
+            run.setting = ", ".join(f"{k}={run.config[k]}" for k in varying)
+
+
+def drop_duplicates(runs: list[Run]) -> list[Run]:
+    """Keep the newest finished run of each (data set, setting, seed); mark the others as duplicates."""
+    newest: dict[tuple[str, str, Any], Run] = {}
+    for run in sorted(runs, key=lambda r: (r.folder / "metrics.json").stat().st_mtime):
+        key = (run.data, run.column, run.seed)
+        if key in newest:
+            newest[key].duplicate_of = run.folder
+        newest[key] = run
+    return [r for r in runs if r.duplicate_of is None]
+
+
+def aggregate(runs: list[Run]) -> dict[tuple[str, str], Cell]:
+    cells: dict[tuple[str, str], Cell] = {}
+    for run in runs:
+        cells.setdefault((run.data, run.column), Cell([])).runs.append(run)
+    return cells
+
+
+def ordered(names: set[str], order: list[str]) -> list[str]:
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def ordered_columns(runs: list[Run]) -> list[str]:
+    model_of = {r.column: r.model for r in runs}
+    rank = {model: i for i, model in enumerate(ordered(set(model_of.values()), MODEL_ORDER))}
+    return sorted(model_of, key=lambda c: (rank[model_of[c]], c))
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def provenance(argv: list[str], runs: list[Run]) -> str:
+    """The command, where it ran, and what the runs were trained with (metrics.json's torch, machine, device)."""
+    command = " ".join(shlex.quote(a) for a in ["python", "experiments/compare.py", *argv])
+    here = f"{platform.processor() or platform.machine()}, {platform.system()}, Python {platform.python_version()}"
+    trained = sorted({f"torch {m.get('torch', '?')} on {m.get('machine', '?')} ({m.get('device', '?')})"
+                      for m in (r.metrics for r in runs) if m and ("torch" in m or "machine" in m)})
+    text = f"Produced by `{command}` on {datetime.date.today()} ({here})."
+    return text + (f" Runs trained with {'; '.join(trained)}." if trained else "")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def error_table(key: str, data_rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell],
+                expected: dict[str, str], paper: bool) -> list[str]:
+    """Rows: data sets; columns: models (and settings); cells: mean ± std (n) of `key` over seeds."""
+    header = ["data set"]
+    paper_after: dict[str, list[str]] = {}  # the paper columns to put after a column ("": first)
+    if paper:
+        for model in PAPER:
+            own = [c for c in columns if c.split(" (")[0] == model]
+            paper_after.setdefault(own[-1] if own else (columns[-1] if columns else ""), []).append(model)
+    rows = [[d] for d in data_rows]
+    for column in ["", *columns]:  # "": before the first column, where paper columns go when no column fits
+        if column:
+            header.append(column)
+            for d, row in zip(data_rows, rows):
+                cell = cells.get((d, column))
+                row.append(cell.text(key) if cell else ("not run" if d in expected else "–"))
+        for model in paper_after.get(column, []):
+            name, numbers = PAPER[model]
+            header.append(name)
+            for d, row in zip(data_rows, rows):
+                row.append(f"{numbers[d]:.2f}" if d in numbers else "–")
+    return markdown_table(header, rows)
+
+
+def details_table(cells: dict[tuple[str, str], Cell], data_rows: list[str], columns: list[str]) -> list[str]:
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    rows = []
+    for d in data_rows:
+        for c in columns:
+            cell = cells.get((d, c))
+            if cell is None:
+                continue
+            seconds = cell.mean("train_seconds")
+            rows.append([d, c, str(len(cell.runs)), ", ".join(str(r.seed) for r in cell.runs), cell.text("test_error"),
+                         cell.text("test_error_greedy"), cell.text("val_error_best"), fmt(cell.mean("epochs"), ".0f"),
+                         fmt(None if seconds is None else seconds / 60, ".1f"), fmt(cell.mean("train_images_per_second"), ",.0f"),
+                         fmt(cell.mean("params"), ",.0f"), fmt(cell.mean("macs_per_image"), ".3g"),
+                         fmt(cell.mean("pixels_per_image"), ".1f")])
+    header = ["data set", "model", "runs", "seeds", "test error", "greedy", "best val error", "epochs", "train min",
+              "train img/s", "params", "MACs/image", "pixels/image"]
+    return markdown_table(header, rows)
+
+
+def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[Run], duplicates: list[Run],
+                expected: dict[str, str], paper: bool, figures: list[str]) -> None:
+    cells = aggregate(finished)
+    data_rows = ordered({r.data for r in finished} | set(expected), DATA_ORDER)
+    columns = ordered_columns(finished)
+    lines = [f"# Comparison of {len(finished)} finished runs", "", provenance(argv, finished + failed), "",
+             ("Test error in %, sampled policy (M = trainer.eval_samples runs per image), of the best-validation "
+              "checkpoint: mean ± sample standard deviation over seeds (n = seeds). `–`: no run."), ""]
+    lines += error_table("test_error", data_rows, columns, cells, expected, paper)
+    lines += ["", "## Greedy policy", "", ("Test error in % with the policy's mean locations (deterministic models: "
+                                            "the same as above)."), ""]
+    lines += error_table("test_error_greedy", data_rows, columns, cells, expected, False)
+    notes = [f"- **{d}**: {note}" for d, note in expected.items() if note]
+    if paper:
+        notes.append("- Paper: RAM from Mnih et al., NIPS 2014 (cluttered 100x100: arXiv:1406.6247v1); "
+                     "DRAW (differentiable attention) from Gregor et al., ICML 2015, cluttered 100x100.")
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    lines += ["", "## Per cell", "", *details_table(cells, data_rows, columns)]
+    lines += ["", "## Failed or unfinished runs", "", "No metrics.json: never averaged.", ""]
+    lines += [f"- `{r.folder}`: {r.model} on {r.data}, seed {r.seed} ({' '.join(r.overrides) or 'no overrides'}): {r.reason}"
+              for r in failed] or ["None."]
+    if duplicates:
+        lines += ["", "## Duplicates", "", "Same setting and seed as a newer run, which is the one used:", ""]
+        lines += [f"- `{r.folder}` (newer: `{r.duplicate_of}`)" for r in duplicates]
+    if figures:
+        lines += ["", "## Plots", "", *[f"![{FIGURES[name]}]({name})" for name in figures]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+CSV_KEYS = ["test_error", "test_error_greedy", "val_error_best", "best_epoch", "epochs", "train_seconds",
+            "train_images_per_second", "inference_images_per_second", "params", "macs_per_image", "pixels_per_image",
+            "glimpses", "device", "torch", "machine"]
+
+
+def write_csv(path: Path, argv: list[str], runs: list[Run]) -> None:
+    """One line per run; the first line is a `#` comment with the command (pandas: read_csv(comment='#'))."""
+    with path.open("w", newline="") as f:
+        f.write(f"# {provenance(argv, runs)}\n")
+        out = csv.writer(f)
+        out.writerow(["folder", "status", "data", "model", "setting", "seed", *CSV_KEYS, "overrides", "reason"])
+        for r in sorted(runs, key=lambda r: str(r.folder)):
+            status = "failed" if r.metrics is None else ("duplicate" if r.duplicate_of else "ok")
+            out.writerow([str(r.folder), status, r.data, r.model, r.setting, r.seed,
+                          *[(r.metrics or {}).get(k, "") for k in CSV_KEYS], " ".join(r.overrides), r.reason])
+
+
+# ---------------------------------------------------------------------------------------------- plotting
+
+def color(model: str) -> str:
+    return COLORS.get(model, "tab:purple")
+
+
+def subplots(data_rows: list[str], note: str):
+    fig, axes = plt.subplots(1, len(data_rows), figsize=(4.2 * len(data_rows), 3.8), squeeze=False)
+    fig.text(0.005, 0.005, note, fontsize=5, va="bottom", wrap=True)
+    return fig, axes[0]
+
+
+def save(fig, path: Path, note: str) -> None:
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110, metadata={"Description": note, "Software": "experiments/compare.py"})
+    plt.close(fig)
+
+
+def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str, str], Cell], data_rows: list[str],
+                       note: str, log_x: bool) -> None:
+    """One point per (data set, column): mean test error ± std over seeds against the mean of `key`."""
+    fig, axes = subplots(data_rows, note)
+    for ax, d in zip(axes, data_rows):
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        for i, ((data, column), cell) in enumerate(sorted(cells.items())):
+            x, y = cell.mean(key), cell.mean("test_error")
+            if data != d or x is None or y is None:
+                continue
+            values = cell.values("test_error")
+            ax.errorbar([x], [y], yerr=[statistics.stdev(values) if len(values) > 1 else 0.0], capsize=3,
+                        marker=MARKERS[i % len(MARKERS)], linestyle="none", color=color(cell.runs[0].model), label=column)
+        ax.set(title=d, xlabel=xlabel, ylabel="test error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    save(fig, path, note)
+
+
+def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], data_rows: list[str], note: str) -> None:
+    """Glimpse models: test error against glimpses, one line per model; whole-image models: dashed lines."""
+    fig, axes = subplots(data_rows, note)
+    for ax, d in zip(axes, data_rows):
+        by_model: dict[str, list[tuple[float, float, float]]] = {}
+        for (data, _), cell in sorted(cells.items()):
+            if data != d:
+                continue
+            model, values = cell.runs[0].model, cell.values("test_error")
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            glimpses = cell.mean("glimpses")
+            if glimpses is None:
+                ax.axhline(statistics.fmean(values), color=color(model), linestyle="--", label=f"{model} (whole image)")
+            else:
+                by_model.setdefault(model, []).append((glimpses, statistics.fmean(values), std))
+        for model, points in by_model.items():
+            points.sort()
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, color=color(model), label=model)
+        ax.set(title=d, xlabel="glimpses", ylabel="test error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, path, note)
+
+
+def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str) -> None:
+    """Validation error against training step, one line per run, coloured by model."""
+    fig, axes = subplots(data_rows, note)
+    for ax, d in zip(axes, data_rows):
+        labelled: set[str] = set()
+        for run in runs:
+            if run.data != d or not run.curve:
+                continue
+            steps, values = zip(*run.curve)
+            ax.plot(steps, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
+                    label=None if run.column in labelled else run.column)
+            labelled.add(run.column)
+        ax.set(title=d, xlabel="training step", ylabel="validation error (%)")
+        ax.grid(alpha=0.3)
+        if labelled:
+            ax.legend(fontsize=7)
+    save(fig, path, note)
+
+
+def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
+    cells = aggregate(finished)
+    data_rows = ordered({r.data for r in finished}, DATA_ORDER)
+    plot_error_against_glimpses(out / "error_vs_glimpses.png", cells, data_rows, note)
+    plot_error_against(out / "error_vs_macs.png", "macs_per_image", "MACs per image (log)", cells, data_rows, note, log_x=True)
+    plot_error_against(out / "error_vs_pixels.png", "pixels_per_image", "pixels read per image (log)", cells, data_rows,
+                       note, log_x=True)
+    for run in finished:
+        run.curve = read_curve(run.folder)
+    plot_curves(out / "curves.png", finished, data_rows, note)
+    return list(FIGURES)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        print(f"compare.py: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    folders = find_run_folders(args.folders)
+    if not folders:
+        print(f"compare.py: no run folders (folders holding .hydra/) under {', '.join(map(str, args.folders))}", file=sys.stderr)
+        return 2
+    expected = dict(e.split("=", 1) if "=" in e else (e, "") for e in args.expect_data)
+
+    runs = [load_run(f) for f in folders]
+    failed = [r for r in runs if r.metrics is None]
+    finished = [r for r in runs if r.metrics is not None]
+    assign_settings(finished)
+    kept = drop_duplicates(finished)
+    duplicates = [r for r in finished if r.duplicate_of is not None]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = plot_all(args.out, kept, provenance(argv, kept)) if kept else []
+    write_table(args.out / "table.md", argv, kept, failed, duplicates, expected, args.paper, figures)
+    write_csv(args.out / "runs.csv", argv, runs)
+    print(f"compare.py: {len(kept)} finished runs, {len(failed)} failed or unfinished, {len(duplicates)} duplicates "
+          f"-> {args.out / 'table.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

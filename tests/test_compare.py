@@ -1,0 +1,198 @@
+"""experiments/compare.py on synthetic sweep folders: table cells, failed runs, settings, CSV and plots."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "compare.py"
+PNGS = ("error_vs_glimpses.png", "error_vs_macs.png", "error_vs_pixels.png", "curves.png")
+
+
+def load_compare():
+    spec = importlib.util.spec_from_file_location("compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = load_compare()
+
+# (model, data) -> test errors of seeds 0, 1, ...; glimpse models have glimpses, whole-image ones not.
+ERRORS = {
+    ("ram", "mnist"): [1.0, 1.1, 1.3],
+    ("ram", "cluttered_mnist60"): [4.0, 5.0, 4.5],
+    ("soft", "mnist"): [1.5, 1.7],
+    ("soft", "cluttered_mnist60"): [6.25, 6.75, 7.0],
+    ("fc", "mnist"): [1.8],
+}
+GLIMPSES = {"ram": 6, "soft": 6, "fc": None}
+FINISHED = sum(len(errors) for errors in ERRORS.values())  # the failed run's folder is sweep/<FINISHED>
+
+
+def make_run(folder: Path, model: str, data: str, seed: int, error: float | None, glimpses: int | None = 6,
+             overrides: list[str] | None = None, curve: bool = True, log: str = "") -> Path:
+    """A run folder as glimpse.train writes it; error=None: no metrics.json (failed)."""
+    (folder / ".hydra").mkdir(parents=True)
+    model_cfg = {"name": model, **({"glimpses": glimpses} if glimpses else {})}
+    config = {"data": {"name": data, "root": "${oc.env:GLIMPSE_DATA,data}"}, "model": model_cfg,
+              "trainer": {"epochs": 2, "progress": False}, "seed": seed, "device": "auto"}
+    overrides = overrides if overrides is not None else [f"model={model}", f"data={data}", f"seed={seed}"]
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / "train.log").write_text(log or "[2026-01-01 10:00:00,000][glimpse.train][INFO] - epoch 1/2: ...\n")
+    if curve:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            for step, value in ((10, 50.0 + seed), (20, 10.0 + seed)):
+                writer.add_scalar("val/error", value, step)
+    if error is not None:
+        metrics = {"model": model, "data": data, "seed": seed, "test_error": error, "test_error_greedy": error + 1.0,
+                   "val_error_best": error - 0.5, "epochs": 2, "train_seconds": 60.0, "train_images_per_second": 1000.0,
+                   "params": 1000, "macs_per_image": 1e6 if glimpses else 3e6, "pixels_per_image": 64.0 if glimpses else 784.0,
+                   "glimpses": glimpses, "device": "cpu", "torch": "2.9.0", "machine": "x86_64"}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """2 models x 2 data sets x 2-3 seeds, a one-seed fc run, and a failed run whose log ends in an error."""
+    root = tmp_path / "multirun" / "sweep"
+    n = 0
+    for (model, data), errors in ERRORS.items():
+        for seed, error in enumerate(errors):
+            make_run(root / str(n), model, data, seed, error, GLIMPSES[model])
+            n += 1
+    make_run(root / str(n), "ram", "mnist", 7, None, log="[2026-01-01 10:00:00,000][glimpse.train][INFO] - epoch 1/2: ...\n"
+             "Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
+             "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    return root
+
+
+def table_rows(text: str, title: str | None = None) -> dict[str, dict[str, str]]:
+    """The first Markdown table after `title` (None: the first table) as {row name: {column: cell}}."""
+    if title:
+        text = text.split(title, 1)[1]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    header, *rows = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start:end])
+    return {cells[0]: dict(zip(header, cells)) for cells in rows[1:]}  # rows[0]: the | --- | line
+
+
+CELL = re.compile(r"^(?P<mean>[\d.]+)(?: ± (?P<std>[\d.]+))? \(n=(?P<n>\d+)\)$")
+
+
+def parse_cell(cell: str) -> tuple[float, float | None, int]:
+    m = CELL.match(cell)
+    assert m, f"not a 'mean ± std (n=N)' cell: {cell!r}"
+    return float(m["mean"]), (float(m["std"]) if m["std"] else None), int(m["n"])
+
+
+def assert_cells(rows: dict[str, dict[str, str]], offset: float = 0.0) -> None:
+    for (model, data), errors in ERRORS.items():
+        mean, std, n = parse_cell(rows[data][model])
+        assert n == len(errors)
+        assert mean == pytest.approx(statistics.fmean(errors) + offset, abs=0.005)
+        if len(errors) == 1:
+            assert std is None  # one seed: no ±
+        else:
+            assert std == pytest.approx(statistics.stdev(errors), abs=0.005)
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_table_cells_failed_runs_csv_and_plots(sweep, tmp_path):
+    out = tmp_path / "cmp"
+    note = "not available on this machine (no data, no internet)"
+    assert compare.main([str(sweep.parent), "--out", str(out), "--paper", "--expect-data", f"cifar10={note}"]) == 0
+    text = (out / "table.md").read_text()
+
+    rows = table_rows(text)
+    assert_cells(rows)
+    assert rows["mnist"]["ram"] == "1.13 ± 0.15 (n=3)"  # the failed ram/mnist run is not averaged
+    assert rows["mnist"]["fc"] == "1.80 (n=1)"
+    assert rows["cluttered_mnist60"]["fc"] == "–"
+    assert rows["cifar10"]["ram"] == "not run" and note in text
+    assert rows["mnist"]["RAM (paper)"] == "1.12" and rows["cluttered_mnist60"]["RAM (paper)"] == "4.04"
+    assert list(rows["mnist"]) == ["data set", "ram", "RAM (paper)", "soft", "fc", "DRAW (paper)"]
+    assert_cells(table_rows(text, "## Greedy policy"), offset=1.0)
+
+    failed = text.split("## Failed or unfinished runs", 1)[1]
+    assert str(sweep / str(FINISHED)) in failed and "RuntimeError: CUDA out of memory" in failed
+    assert "python experiments/compare.py" in text and "torch 2.9.0 on x86_64" in text
+
+    with (out / "runs.csv").open() as f:
+        assert f.readline().startswith("# Produced by `python experiments/compare.py")
+        runs = list(csv.DictReader(f))
+    assert len(runs) == FINISHED + 1 and sum(r["status"] == "failed" for r in runs) == 1
+    assert {r["status"] for r in runs} == {"ok", "failed"}
+    failed_row = next(r for r in runs if r["status"] == "failed")
+    assert failed_row["test_error"] == "" and "CUDA out of memory" in failed_row["reason"]
+
+    for name in PNGS:
+        assert_png(out / name)
+        assert f"]({name})" in text
+
+
+def test_command_line_writes_the_same_table(sweep, tmp_path):
+    out = tmp_path / "cli"
+    done = subprocess.run([sys.executable, str(SCRIPT), str(sweep), "--out", str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    text = (out / "table.md").read_text()
+    assert_cells(table_rows(text))
+    assert "RAM (paper)" not in text and f"--out {out}" in text
+    for name in PNGS:
+        assert_png(out / name)
+
+    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nowhere" in bad.stderr
+
+
+def test_curves_come_from_the_tensorboard_events(sweep):
+    assert compare.read_curve(sweep / "1") == [(10, 51.0), (20, 11.0)]  # ram, mnist, seed 1
+    assert compare.read_curve(sweep / "1", "no/such_tag") == []
+
+
+def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (g4, g8) in enumerate([(3.0, 2.0), (3.5, 2.5)]):
+        make_run(root / f"g4_{seed}", "ram", "mnist", seed, g4, glimpses=4)
+        make_run(root / f"g8_{seed}", "ram", "mnist", seed, g8, glimpses=8)
+    again = make_run(root / "g8_0_again", "ram", "mnist", 0, 2.1, glimpses=8)  # same setting and seed as g8_0
+    os.utime(again / "metrics.json", (time.time() + 60, time.time() + 60))  # ... and newer
+    unfinished = make_run(root / "unfinished", "ram", "mnist", 5, None, glimpses=8, log="[..][glimpse.train][INFO] - epoch 3/90\n")
+    (unfinished / "checkpoints").mkdir()
+    (unfinished / "checkpoints" / "last.pt").write_bytes(b"")
+    out = tmp_path / "cmp"
+    assert compare.main([str(root), "--out", str(out)]) == 0
+    text = (out / "table.md").read_text()
+    row = table_rows(text)["mnist"]
+    assert parse_cell(row["ram (model.glimpses=4)"]) == (pytest.approx(3.25), pytest.approx(0.35, abs=0.005), 2)
+    assert parse_cell(row["ram (model.glimpses=8)"]) == (pytest.approx(2.3), pytest.approx(0.28, abs=0.005), 2)
+    assert "## Duplicates" in text and str(root / "g8_0") in text.split("## Duplicates", 1)[1]
+    failed = text.split("## Failed or unfinished runs", 1)[1]
+    assert str(unfinished) in failed and "trainer.resume=true" in failed and "epoch 3/90" in failed

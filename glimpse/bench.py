@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import check_image_fits, compose_config, validate
+from glimpse.config import compose_config, validate
 from glimpse.data import GlimpseData, default_root, load_source, make_canvas, seeded
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS, build_model
@@ -70,7 +70,6 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = GlimpseData(cfg.data, cfg.seed, device)
-    check_image_fits(cfg, *data.train.images.shape[-2:])
     model = build_model(cfg, data.image_shape, data.classes).to(device)
     optimizer, _ = make_optimizer(model, cfg)
     b, m = cfg.trainer.batch_size, cfg.model

@@ -114,6 +114,9 @@ def validate(cfg: DictConfig) -> None:
         one_of("model.eval_start", ("centre", "random"))
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
+    for key in ("trainer.resume", "trainer.progress", "data.download"):
+        if not isinstance(_get(cfg, key), bool):
+            raise ConfigError(key, _get(cfg, key), "true or false")
     one_of("trainer.on_nonfinite", ("stop", "skip"))
     v = _get(cfg, "trainer.checkpoint_every_minutes")
     if not (_is_number(v) and v >= 0):
@@ -139,14 +142,3 @@ def validate(cfg: DictConfig) -> None:
     device = _get(cfg, "device")
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)):
         raise ConfigError("device", device, "auto, cpu, cuda, cuda:N, mps")
-
-
-def check_image_fits(cfg: DictConfig, height: int, width: int) -> None:
-    """Data-dependent checks: the canvas must hold the image, a fixed position must keep it inside."""
-    canvas, pos = _get(cfg, "data.canvas"), _get(cfg, "data.position")
-    if canvas is not None and canvas < max(height, width):
-        raise ConfigError("data.canvas", canvas, f"null or at least the image side ({max(height, width)})")
-    if pos is not None and (pos[0] + height > canvas or pos[1] + width > canvas):
-        raise ConfigError("data.position", list(pos), f"a top-left pixel that keeps the {height}x{width} image on the {canvas}x{canvas} canvas")
-    if _get(cfg, "data.distractor_size") > min(height, width):
-        raise UserError(f"invalid config: data.distractor_size={_get(cfg, 'data.distractor_size')}; allowed: at most the image side ({min(height, width)})")

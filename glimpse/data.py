@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from glimpse.errors import UserError
+from glimpse.errors import ConfigError, UserError
 
 SOURCES = {
     "mnist": (torchvision.datasets.MNIST, "MNIST/raw"),
@@ -51,10 +51,16 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
     root = Path(root).expanduser()
     try:
         ds = cls(root=str(root), train=train, download=download)
-    except Exception as err:  # torchvision raises RuntimeError (missing) or URLError/OSError (download failed)
+    except Exception as err:  # torchvision raises RuntimeError (missing, corrupt) or URLError/OSError (download failed)
+        where = (root / folder).resolve()
+        if not download and "not found" not in str(err).lower():  # the files are there but do not parse
+            raise UserError(
+                f"dataset {name} in {where} could not be read, a file is corrupt or truncated ({type(err).__name__}: "
+                f"{next(iter(str(err).splitlines()), '')[:120]}); replace its files, or point data.root / GLIMPSE_DATA elsewhere"
+            ) from None
         how = "download failed" if download else "download is off"
         raise UserError(
-            f"dataset {name} not found (or incomplete) in {(root / folder).resolve()} ({how}: {type(err).__name__}); "
+            f"dataset {name} not found (or incomplete) in {where} ({how}: {type(err).__name__}); "
             f"point data.root=<folder> or GLIMPSE_DATA=<folder> at the folder holding {folder.split('/')[0]}/, "
             "or set data.download=true"
         ) from None
@@ -122,6 +128,17 @@ class Split:
         return len(self.labels)
 
 
+def check_fits(cfg, height: int, width: int) -> None:
+    """Checks against the images (before any canvas is drawn): the canvas holds the image, a fixed position keeps it on."""
+    canvas, pos = cfg.get("canvas"), cfg.get("position")
+    if canvas is not None and canvas < max(height, width):
+        raise ConfigError("data.canvas", canvas, f"null or at least the image side ({max(height, width)})")
+    if pos is not None and (pos[0] + height > canvas or pos[1] + width > canvas):
+        raise ConfigError("data.position", list(pos), f"a top-left pixel that keeps the {height}x{width} image on the {canvas}x{canvas} canvas")
+    if cfg.get("distractor_size", 0) > min(height, width):
+        raise ConfigError("data.distractor_size", cfg.distractor_size, f"at most the image side ({min(height, width)})")
+
+
 class GlimpseData:
     """Train / validation / test splits on `device`, served as float batches in [0, 1]."""
 
@@ -137,6 +154,7 @@ class GlimpseData:
             train_idx = train_idx[: cfg.train_limit]
         if cfg.get("eval_limit"):
             val_idx, test_x, test_y = val_idx[: cfg.eval_limit], test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+        check_fits(cfg, *train_x.shape[-2:])
         to = dict(device=self.device)
         self.train = Split(train_x[train_idx].to(**to), train_y[train_idx].to(**to))
         self.val = Split(train_x[val_idx].to(**to), train_y[val_idx].to(**to))

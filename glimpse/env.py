@@ -81,13 +81,11 @@ def _load(cfg: DictConfig, device: str) -> GlimpseData:
     """GlimpseData of `cfg`, shared by every environment of this process built on the same data config and seed."""
     from omegaconf import OmegaConf
 
-    from glimpse.config import check_image_fits
     from glimpse.data import GlimpseData
 
     key = (OmegaConf.to_yaml(cfg.data, resolve=True), cfg.seed, str(device))
     if key not in _DATA:
         data = GlimpseData(cfg.data, cfg.seed, device)
-        check_image_fits(cfg, *data.train.images.shape[-2:])
         _DATA[key] = data
         while len(_DATA) > _DATA_KEEP:
             _DATA.popitem(last=False)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,12 +25,13 @@ from tqdm.auto import tqdm
 
 from glimpse import checkpoint
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import check_image_fits, check_overrides, compose_config, validate
+from glimpse.config import CONF_DIR, check_overrides, compose_config, validate
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model
 from glimpse.models import build_model
 from glimpse.objectives import hybrid_loss
+from glimpse.visual import hparam_metrics, log_hparams, log_pictures
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last_path)
 
     data = GlimpseData(cfg.data, cfg.seed, device)
-    check_image_fits(cfg, *data.train.images.shape[-2:])
     model = build_model(cfg, data.image_shape, data.classes).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -112,6 +113,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     every = t.checkpoint_every_minutes * 60
     last_saved = time.monotonic()
     weights = [p for p in model.parameters() if p.requires_grad]
+    shown = next(data.eval_batches("val", t.visual_images))  # the same validation images in every picture
     bar = tqdm(range(progress["epoch"], t.epochs), initial=progress["epoch"], total=t.epochs, desc=f"{m.name} {cfg.data.name}",
                disable=not t.progress, dynamic_ncols=True)
     for epoch in bar:
@@ -163,6 +165,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             scalars["train/location_std"] = std
         for k, v in scalars.items():
             writer.add_scalar(k, v, step)
+        if t.visual_every and ((epoch + 1) % t.visual_every == 0 or epoch + 1 == t.epochs):
+            tic = time.perf_counter()
+            log_pictures(writer, model, *shown, step)
+            progress["picture_seconds"] = progress.get("picture_seconds", 0.0) + time.perf_counter() - tic
 
         if val["error"] < progress["best_val_error"]:
             progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
@@ -187,13 +193,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "val_error_best": progress["best_val_error"], "best_epoch": progress["best_epoch"], "epochs": t.epochs,
         "train_seconds": progress["train_seconds"],
         "train_images_per_second": progress["images_seen"] / max(progress["train_seconds"], 1e-9),
-        "inference_images_per_second": inference,
+        "inference_images_per_second": inference, "picture_seconds": progress.get("picture_seconds", 0.0),
         "params": params(model), "macs_per_image": macs_per_image(model, probe),
         "pixels_per_image": test["pixels_per_image"],
         "glimpses": m.get("glimpses"), "device": str(device), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
     }
-    for k in ("error", "error_greedy"):
-        writer.add_scalar(f"test/{k}", test[k], t.epochs * steps_per_epoch)
+    log_hparams(writer, cfg, hparam_metrics(metrics), t.epochs * steps_per_epoch)  # also the test/ scalars
     writer.close()
     checkpoint.atomic_write(run_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     return metrics
@@ -211,20 +216,33 @@ def inference_images_per_second(model: torch.nn.Module, data: GlimpseData, batch
     return sum(len(x) for x, _ in batches) / (time.perf_counter() - tic)
 
 
+def _discard_if_empty(run_dir: Path) -> None:
+    """A run stopped by bad input before it trained leaves no folder behind (only Hydra's record was in it)."""
+    if not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists() and not list(run_dir.glob("events.out.tfevents.*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def main(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
         try:
-            metrics = train(cfg, HydraConfig.get().runtime.output_dir)
-        except NonFiniteError as err:
-            print(f"glimpse.train: {err}", file=sys.stderr)
-            sys.exit(3)
+            metrics = train(cfg, run_dir)
         except UserError as err:
+            if hc.mode == RunMode.MULTIRUN:
+                log.error("%s", err)  # into the job's train.log: compare.py lists the failed run with this line
+                raise  # every launcher records it, runs the other jobs and exits non-zero at the end
+            _discard_if_empty(run_dir)
             print(f"glimpse.train: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(3 if isinstance(err, NonFiniteError) else 2)
+        except Exception:
+            log.exception("run failed")  # the job's train.log says why
+            raise
         print(json.dumps({k: metrics[k] for k in ("model", "data", "seed", "test_error", "test_error_greedy", "val_error_best", "train_seconds")}))
 
     main()
@@ -233,6 +251,11 @@ def _hydra_main() -> None:
 def preflight(args: list[str]) -> None:
     """Compose and check the config of a single run before Hydra makes its folder: a bad value costs nothing."""
     check_overrides(args)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for arg in args:
+        preset = CONF_DIR / "experiment" / f"{arg.partition('=')[2]}.yaml"
+        if arg.startswith("experiment=") and not multirun and preset.is_file() and "sweeper:" in preset.read_text():
+            raise UserError(f"experiment={preset.stem} is a sweep preset: run it with -m (python -m glimpse.train -m {arg})")
     if any(a.startswith("-") for a in args):
         return  # multirun and Hydra's own flags: every job is checked by train() itself
     compose_config([a for a in args if not a.lstrip("+~").startswith("hydra.")])
@@ -248,4 +271,8 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    # Launchers (joblib, submitit) pickle the task function; one defined under __main__ would be pickled by
+    # value with module globals that cannot be pickled, so run the importable module's cli instead.
+    from glimpse.train import cli as _cli
+
+    _cli()

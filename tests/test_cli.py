@@ -9,43 +9,108 @@ import pytest
 
 from tests.conftest import data_root, needs_mnist
 
-BAD = {
+# Config values a user may get wrong: (override, the key the one-line message must name).
+BAD_CONFIG = {
     "sensor.patch=0": "sensor.patch",
     "sensor.scales=-1": "sensor.scales",
     "sensor.scale_factor=0.5": "sensor.scale_factor",
+    "sensor.resize=nearest": "sensor.resize",
     "model.glimpses=0": "model.glimpses",
     "model.std=0": "model.std",
     "model.std=abc": "model.std",
+    "model.core=lstmx": "model.core",
+    "model.eval_start=left": "model.eval_start",
     "trainer.batch_size=0": "trainer.batch_size",
+    "trainer.batch_size=1.5": "trainer.batch_size",
     "trainer.epochs=-3": "trainer.epochs",
     "trainer.lr=0": "trainer.lr",
-    "data=imagenet": "data",
-    "model=transformer": "model",
-    "model.core=lstmx": "model.core",
+    "trainer.schedule=linear": "trainer.schedule",
+    "trainer.on_nonfinite=ignore": "trainer.on_nonfinite",
+    "trainer.checkpoint_every_minutes=-1": "trainer.checkpoint_every_minutes",
+    "trainer.visual_every=-2": "trainer.visual_every",
+    "trainer.resume=maybe": "trainer.resume",
     "trainer.epochz=3": "trainer.epochz",
+    "data=imagenet": "data",
+    "data.val_fraction=1.5": "data.val_fraction",
+    "data.distractors=-1": "data.distractors",
+    "model=transformer": "model",
+    "experiment=ram_imagenet": "experiment",
+    "optimizer=sgd": "optimizer",
+    "seed=abc": "seed",
     "device=tpu": "device",
+    "model.glimpses": "model.glimpses",  # no '='
 }
 
 
 def run(module, *args, cwd):
-    env = {**os.environ, "GLIMPSE_DATA": str(data_root())}
+    env = {**os.environ, "GLIMPSE_DATA": str(data_root()), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("override, key", BAD.items())
-def test_bad_config_value_is_one_clear_line_and_exit_2(override, key, tmp_path):
-    out = run("glimpse.train", override, cwd=tmp_path)
-    assert out.returncode == 2
+def one_clear_line(out: subprocess.CompletedProcess, *words: str) -> str:
+    """The user's mistake is one line on stderr naming what is wrong, exit code 2, no traceback."""
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and key in lines[0] and "Traceback" not in out.stderr, out.stderr
-    assert not (tmp_path / "outputs").exists()  # stopped before any work: no run folder
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
 
 
-def test_missing_dataset_is_one_clear_line(tmp_path):
-    out = run("glimpse.train", f"data.root={tmp_path / 'nowhere'}", "hydra.run.dir=run", cwd=tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    line = out.stderr.strip().splitlines()[-1]
-    assert "nowhere" in line and "GLIMPSE_DATA" in line
+@pytest.mark.parametrize("override, key", BAD_CONFIG.items())
+def test_bad_config_value_is_one_clear_line_and_exit_2(override, key, tmp_path):
+    one_clear_line(run("glimpse.train", override, cwd=tmp_path), key)
+    assert not list(tmp_path.iterdir())  # stopped before any work: no run folder
+
+
+@needs_mnist
+@pytest.mark.parametrize("override, key", {
+    "data.canvas=20": "data.canvas",  # smaller than the 28x28 digit
+    "data.position=[50,50]": "data.position",  # the digit would leave the 60x60 canvas
+}.items())
+def test_values_checked_against_the_data_stop_before_training_and_leave_no_folder(override, key, tmp_path):
+    extra = ["data=translated_mnist"] if "position" in override else []
+    one_clear_line(run("glimpse.train", *extra, override, "hydra.run.dir=run", cwd=tmp_path), key)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_names_the_folder_and_how_to_point_at_it(tmp_path):
+    line = one_clear_line(run("glimpse.train", f"data.root={tmp_path / 'nowhere'}", "hydra.run.dir=run", cwd=tmp_path),
+                          "nowhere", "GLIMPSE_DATA", "data.root")
+    assert "not found" in line and not (tmp_path / "run").exists()
+
+
+@needs_mnist
+@pytest.mark.parametrize("damage", ["partial", "corrupt"])
+def test_partial_or_corrupt_dataset_is_one_clear_line(damage, tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_root() / "MNIST" / "raw").glob("*-ubyte"):
+        if damage == "corrupt":
+            (raw / f.name).write_bytes(f.read_bytes()[:1000])  # truncated
+        elif f.name.startswith("train"):
+            (raw / f.name).write_bytes(f.read_bytes())  # the test files missing
+    line = one_clear_line(run("glimpse.train", f"data.root={tmp_path / 'data'}", "hydra.run.dir=run", cwd=tmp_path), str(raw))
+    assert ("is corrupt or truncated" in line) == (damage == "corrupt")
+
+
+@pytest.mark.parametrize("module", ["glimpse.evaluate"])
+def test_a_folder_that_is_not_a_run_folder_is_named(module, tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_clear_line(run(module, "empty", cwd=tmp_path), "empty", "not a glimpse run folder")
+    one_clear_line(run(module, "no/such/folder", cwd=tmp_path), "no/such/folder")
+
+
+@needs_mnist
+def test_resuming_with_a_different_model_config_names_the_differing_keys(tmp_path):
+    from omegaconf import OmegaConf
+
+    from glimpse import checkpoint
+    from glimpse.config import compose_config
+
+    saved = OmegaConf.to_container(compose_config([f"data.root={data_root()}", "model.hidden=64"]), resolve=True)
+    checkpoint.save({"config": saved, "model": {}, "optimizer": {}, "scheduler": {}, "progress": {}}, tmp_path / "run" / "checkpoints" / "last.pt")
+    line = one_clear_line(run("glimpse.train", "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path), "model.hidden: 64 -> 256")
+    assert "different config" in line and (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
 @needs_mnist

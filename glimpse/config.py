@@ -44,10 +44,34 @@ def compose_config(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
+        unknown = re.match(r"Could not override '([\w.]+)'", str(err))
+        if unknown:  # Hydra would suggest appending it with '+': a key glimpse does not read is a typo, not a setting
+            raise unknown_key(unknown.group(1)) from None
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         raise UserError(f"invalid override: {' '.join(lines[:2])}") from None
     validate(cfg)
     return cfg
+
+
+def unknown_key(key: str) -> UserError:
+    section = key.rpartition(".")[0]
+    return UserError(f"invalid config: unknown key {key}; known keys{' under ' + section if section else ''}: "
+                     f"{', '.join(known_keys(section))}")
+
+
+def known_keys(section: str) -> list[str]:
+    """The keys glimpse reads under `section` ('' for the top level), from the yaml files that define them."""
+    import yaml
+
+    files = {"": ["config.yaml"], "trainer": ["trainer/*.yaml"], "data": ["data/*.yaml"], "model": ["model/*.yaml"],
+             "sensor": ["config.yaml"]}.get(section.split(".")[0], [])
+    keys: set[str] = set()
+    for pattern in files:
+        for path in CONF_DIR.glob(pattern):
+            tree = yaml.safe_load(path.read_text()) or {}
+            node = tree.get("sensor", {}) if section == "sensor" else tree
+            keys |= {k for k in node if k not in ("defaults", "hydra")}
+    return sorted(keys | ({"data", "model", "trainer"} if section == "" else set()))
 
 
 def _get(cfg: DictConfig, key: str):
@@ -80,6 +104,11 @@ def validate(cfg: DictConfig) -> None:
         if v not in allowed:
             raise ConfigError(key, v, ", ".join(allowed))
 
+    for section in ("", "trainer", "sensor", "model", "data"):  # `+trainer.epochz=3` would be read by nothing
+        node = cfg if section == "" else cfg.get(section)
+        extra = sorted(set(node.keys()) - set(known_keys(section))) if isinstance(node, DictConfig) else []
+        if extra:
+            raise unknown_key(f"{section}.{extra[0]}".lstrip("."))
     one_of("model.name", MODELS)
     one_of("data.source", tuple(SOURCES))
     for key in ("sensor.patch", "sensor.scales", "trainer.epochs", "trainer.batch_size", "trainer.eval_samples",

@@ -54,7 +54,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", required: t
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         first_line = next(iter(str(err).splitlines()), "")[:160]
-        why = "empty file" if path.stat().st_size == 0 else f"{type(err).__name__}: {first_line}"
+        if path.stat().st_size == 0:
+            why = "empty file"
+        elif "Weights only load failed" in str(err):  # a pickle of arbitrary objects: refused, nothing in it was run
+            why = "it holds Python objects other than tensors and plain data; weights_only loading refused them"
+        else:
+            why = f"{type(err).__name__}: {first_line}"
         raise UserError(f"checkpoint {path} is unreadable or not a glimpse checkpoint ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not a glimpse checkpoint (no '{FORMAT}' marker)")

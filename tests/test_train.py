@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from glimpse import checkpoint
 from glimpse.data import GlimpseData
@@ -73,6 +74,14 @@ def test_run_folder_holds_metrics_checkpoints_and_scalars(short_run):
                 "val/error_greedy", "test/error", "test/error_greedy"):
         assert tag in tags, tag
     assert len(events.Scalars("val/error")) == 3
+    # pictures after the last epoch (visual_every=5 > 3 epochs) of the first 8 validation images, at its step
+    last_step = events.Scalars("val/error")[-1].step
+    pictures = [t for t in events.Tags()["images"] if t.startswith("glimpses/")]
+    assert {f"glimpses/{i}/trajectory" for i in range(8)} <= set(pictures)
+    assert all(e.step == last_step for t in pictures for e in events.Images(t))
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["model.glimpses"].number_value == 6 and start.hparams["data.name"].string_value == "mnist"
 
 
 def test_best_checkpoint_reevaluates_to_the_reported_test_error(short_run):

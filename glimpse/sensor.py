@@ -105,8 +105,8 @@ def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]
     n, scales = locs.shape[1], len(sides)
     half, shift, base, spread = _lattice(patch, sides, h, w, images.device)
     origin = torch.addcmul(shift, locs[:, :, None, :], half)  # (B, N, S, 2), in pixels
-    if snap:
-        origin = origin.floor_()
+    # shift holds +0.5 so that floor rounds to the nearest pixel; unsnapped, the window is centred exactly
+    origin = origin.floor_() if snap else origin - 0.5
     grid = torch.addmm(base, origin.view(b * n, -1), spread)  # (B * N, S * p * p * 2)
     out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
     out = out.view(b, c, n, scales, patch, patch).permute(0, 2, 3, 1, 4, 5)

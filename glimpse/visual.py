@@ -64,7 +64,7 @@ def glimpse_boxes(locations: Tensor, sides: Sequence[int], height: int, width: i
         if snap:
             origin = patch_origins(locations.reshape(-1, 2), side, height, width).view(*locations.shape).float()
         else:
-            origin = (locations + 1) * locations.new_tensor([width / 2, height / 2]) - (side / 2 - 0.5)
+            origin = (locations + 1) * locations.new_tensor([width / 2, height / 2]) - side / 2  # centred exactly
         boxes.append(torch.cat([origin, origin + side], -1))
     return torch.stack(boxes, -2)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glimpse.sensor import Sensor, crop, patch_sides, retina
+from glimpse.sensor import Sensor, crop, patch_sides, retina, sample
 
 
 def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scales: int, factor: float, resize: str = "area") -> torch.Tensor:
@@ -112,3 +112,12 @@ def test_unsnapped_bilinear_glimpse_is_differentiable_in_the_location():
     locations = torch.tensor([[0.1, -0.2], [0.33, 0.4]], requires_grad=True)
     sample(images, locations, 8, (8, 16), snap=False).sum().backward()
     assert locations.grad.abs().sum() > 0
+
+
+def test_unsnapped_glimpse_is_centred_on_its_location_like_the_snapped_one():
+    """Where the snapped origin needs no rounding, both read the very same window (no half-pixel shift)."""
+    images = torch.rand(3, 1, 28, 28)
+    for x, y in [(0.0, 0.0), (-0.5, 0.5), (2 / 28, -6 / 28)]:  # origins on whole pixels for sides 8 and 16
+        locations = torch.tensor([[x, y]] * 3)
+        snapped = sample(images, locations, 8, (8, 16), snap=True)
+        assert torch.allclose(sample(images, locations, 8, (8, 16), snap=False), snapped, atol=1e-6)

@@ -70,8 +70,17 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> t
     cfg = OmegaConf.create(state["config"])
     data = GlimpseData(cfg.data, cfg.seed, device)
     model = build_model(cfg, data.image_shape, data.classes).to(device)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     return model, state, data
+
+
+def load_weights(model: nn.Module, weights: dict, path: str | Path) -> None:
+    """load_state_dict, with a mismatch (a checkpoint of another model config) told in one line."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        details = " ".join(line.strip() for line in str(err).splitlines()[1:])[:300]
+        raise UserError(f"checkpoint {path} does not fit the model its config describes: {details}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

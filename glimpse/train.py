@@ -28,7 +28,7 @@ from glimpse.accounting import macs_per_image, params
 from glimpse.config import CONF_DIR, check_overrides, compose_config, validate
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
-from glimpse.evaluate import evaluate_model
+from glimpse.evaluate import evaluate_model, load_weights
 from glimpse.models import build_model
 from glimpse.objectives import hybrid_loss
 from glimpse.visual import hparam_metrics, log_hparams, log_pictures
@@ -94,7 +94,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         changed = checkpoint.config_differences(state["config"], config, ignore=RESUMABLE_CHANGES)
         if changed:
             raise UserError(f"checkpoint {last_path} was written by a different config; differing keys: {'; '.join(changed)}")
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -182,7 +182,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
     # Test once, with the checkpoint chosen on validation.
     best = checkpoint.load(best_path, map_location=device)
-    model.load_state_dict(best["model"])
+    load_weights(model, best["model"], best_path)
     test = evaluate_model(model, data.eval_batches("test", t.eval_batch_size), t.eval_samples,
                           seeded(cfg.seed, "eval", "test", device=device), count_pixels=True)
     probe = next(data.eval_batches("test", 8))[0]

@@ -218,3 +218,13 @@ def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path):
         finish(p)
     runs = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.json"))
     assert len(runs) == 2 and runs[0] != runs[1]
+
+
+@needs_mnist
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
+    from glimpse.evaluate import load_run
+
+    cfg = OmegaConf.to_container(make_cfg(*TINY), resolve=True)
+    checkpoint.save({"config": cfg, "model": {"glimpse_net.what.weight": torch.zeros(3, 3)}}, tmp_path / "checkpoints" / "best.pt")
+    with pytest.raises(UserError, match="does not fit the model its config describes.*glimpse_net"):
+        load_run(tmp_path)

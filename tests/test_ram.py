@@ -81,3 +81,39 @@ def test_reinforce_moves_the_mean_towards_rewarded_samples_and_away_from_the_oth
     loss.backward()
     step = -mu.grad  # gradient descent direction
     assert (torch.sign(step) == direction).all()
+
+
+@pytest.mark.parametrize("shape, retina", [
+    ((1, 28, 28), dict(glimpses=6, patch=8)),  # the ram_mnist preset
+    ((1, 60, 60), dict(glimpses=8, patch=12, scales=3, resize="bilinear")),  # the cluttered presets
+    ((3, 32, 32), dict(glimpses=2, patch=8)),
+    ((1, 28, 28), dict(glimpses=1, patch=8)),
+])
+def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina):
+    """RNNEpisode (the fast path for core=rnn) gives the plain loop's episode and gradients, in float64."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        fused = RAM(shape, 10, **retina)
+        plain = RAM(shape, 10, **retina)
+        plain.load_state_dict(fused.state_dict())
+        plain.fused = False
+        g = torch.Generator().manual_seed(1)
+        images, labels = torch.rand(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g)
+        episodes = []
+        for model in (fused, plain):
+            ep = model(images, generator=torch.Generator().manual_seed(2))
+            hybrid_loss(ep, labels)[0].backward()
+            episodes.append(ep)
+        assert torch.equal(episodes[0].locations, episodes[1].locations)
+        torch.testing.assert_close(episodes[0].logits, episodes[1].logits)
+        if retina["glimpses"] > 1:
+            torch.testing.assert_close(episodes[0].log_pi, episodes[1].log_pi)
+            torch.testing.assert_close(episodes[0].baselines, episodes[1].baselines)
+        for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
+            assert (a.grad is None) == (b.grad is None), name
+            if b.grad is not None:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
+        assert fused.glimpse_net.what.weight.grad.abs().sum() > 0 and fused.core.cell.weight.grad.abs().sum() > 0
+    finally:
+        torch.set_default_dtype(torch.float32)

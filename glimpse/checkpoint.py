@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -51,13 +53,21 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", required: t
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         first_line = next(iter(str(err).splitlines()), "")[:160]
-        if path.stat().st_size == 0:
+        with path.open("rb") as f:
+            head = f.read(4)
+        if not head:
             why = "empty file"
+        elif head[:2] != b"PK" and head[:1] != b"\x80":
+            why = "not a PyTorch file: its bytes are neither a zip archive nor a pickle"
         elif "Weights only load failed" in str(err):  # a pickle of arbitrary objects: refused, nothing in it was run
             why = "it holds Python objects other than tensors and plain data; weights_only loading refused them"
+        elif head[:2] == b"PK":  # torch.save's zip archive, cut short or damaged
+            why = "a truncated or damaged zip archive; glimpse writes checkpoints atomically, so another program wrote or cut it"
         else:
             why = f"{type(err).__name__}: {first_line}"
         raise UserError(f"checkpoint {path} is unreadable or not a glimpse checkpoint ({why})") from None

@@ -175,8 +175,15 @@ class RunsCode:
         return (os.system, (f"touch {RunsCode.marker}",))
 
 
-@pytest.mark.parametrize("kind", ["truncated", "random bytes", "code-running pickle", "foreign dict", "incomplete", "empty"])
-def test_bad_checkpoints_are_refused_with_one_line_naming_the_file(kind, tmp_path):
+@pytest.mark.parametrize("kind, reason", [
+    ("truncated", "truncated or damaged zip archive"),
+    ("random bytes", "neither a zip archive nor a pickle"),
+    ("code-running pickle", "Python objects other than tensors"),
+    ("foreign dict", "no 'glimpse-checkpoint-1' marker"),
+    ("incomplete", "lacks model"),
+    ("empty", "empty file"),
+])
+def test_bad_checkpoints_are_refused_with_one_line_naming_the_file(kind, reason, tmp_path):
     good = tmp_path / "good.pt"
     checkpoint.save({"config": {}, "model": {"w": torch.ones(1000)}}, good)
     bad = tmp_path / "bad.pt"
@@ -196,7 +203,7 @@ def test_bad_checkpoints_are_refused_with_one_line_naming_the_file(kind, tmp_pat
     with pytest.raises(UserError) as err:
         checkpoint.load(bad)
     message = str(err.value)
-    assert str(bad) in message and "\n" not in message
+    assert str(bad) in message and reason in message and "\n" not in message
     assert not RunsCode.marker.exists(), "loading ran code"
 
 

@@ -58,7 +58,7 @@ def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     inside = clamped == coords
     inside = inside[:, :, 1, :, None] & inside[:, :, 0, None, :]  # (B, N, side, side)
     # One flat gather of exactly the pixels asked for: cost ~ side^2, whatever H and W are.
-    index = torch.addcmul(clamped[:, :, 0, None, :], clamped[:, :, 1, :, None], stride).view(b, 1, n * side * side)
+    index = torch.addcmul(clamped[:, :, 0, None, :], clamped[:, :, 1, :, None], stride).reshape(b, 1, n * side * side)
     pixels = images.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, n, side, side)
     if many:
         return pixels.transpose(1, 2) * inside[:, :, None]

@@ -106,6 +106,8 @@ def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina)
             hybrid_loss(ep, labels)[0].backward()
             episodes.append(ep)
         assert torch.equal(episodes[0].locations, episodes[1].locations)
+        # the pictures re-read each episode's glimpses through the sensor, all steps at once
+        torch.testing.assert_close(fused.sensor(images, episodes[0].locations), plain.sensor(images, episodes[1].locations))
         torch.testing.assert_close(episodes[0].logits, episodes[1].logits)
         if retina["glimpses"] > 1:
             torch.testing.assert_close(episodes[0].log_pi, episodes[1].log_pi)

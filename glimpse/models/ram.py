@@ -263,7 +263,7 @@ class RAM(nn.Module):
         hs, locations, samples = RNNEpisode.apply(
             images, loc, noise, self.sensor, self.glimpses, g.what.weight, g.what.bias, g.where.weight, g.where.bias,
             g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias)
-        logits, locations = self.action_net(hs[-1]), locations.transpose(0, 1)
+        logits, locations = self.action_net(hs[-1]), locations.transpose(0, 1).contiguous()
         if self.glimpses == 1:
             return Episode(logits, locations)
         states = hs[:-1].transpose(0, 1)

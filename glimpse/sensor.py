@@ -66,7 +66,7 @@ def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _lattice(patch: int, sides: tuple[int, ...], height: int, width: int, device: torch.device) -> tuple[Tensor, ...]:
+def _lattice(patch: int, sides: tuple[int, ...], height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Constants of `sample`, made once per shape.
 
     The sample grid, in grid_sample's [-1, 1] units, is origin / half + (offsets / half - 1)
@@ -74,13 +74,13 @@ def _lattice(patch: int, sides: tuple[int, ...], height: int, width: int, device
     grid = base + origin @ spread, where `spread` copies each origin's x and y,
     divided by half, to the x and y of every sample point of its scale.
     """
-    half = torch.tensor([width / 2, height / 2], device=device)
+    half = torch.tensor([width / 2, height / 2], device=device, dtype=dtype)
     shift = torch.stack([half - (side / 2 - 0.5) for side in sides])  # (S, 2): origin = floor(l * half + shift)
-    steps = torch.stack([(torch.arange(patch, device=device) + 0.5) * (side / patch) for side in sides])  # (S, p)
+    steps = torch.stack([(torch.arange(patch, device=device, dtype=dtype) + 0.5) * (side / patch) for side in sides])  # (S, p)
     offsets = torch.stack(torch.broadcast_tensors(steps[:, None, :], steps[:, :, None]), -1)  # (S, p, p, 2) as (x, y)
     base = (offsets / half - 1).reshape(1, -1)
     n = len(sides)
-    spread = torch.zeros(n, 2, n, patch * patch, 2, device=device)
+    spread = torch.zeros(n, 2, n, patch * patch, 2, device=device, dtype=dtype)
     for i in range(n):
         for xy in range(2):
             spread[i, xy, i, :, xy] = 1 / half[xy]
@@ -103,7 +103,7 @@ def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]
     many = locations.dim() == 3
     locs = locations if many else locations[:, None]
     n, scales = locs.shape[1], len(sides)
-    half, shift, base, spread = _lattice(patch, sides, h, w, images.device)
+    half, shift, base, spread = _lattice(patch, sides, h, w, images.device, images.dtype)
     origin = torch.addcmul(shift, locs[:, :, None, :], half)  # (B, N, S, 2), in pixels
     # shift holds +0.5 so that floor rounds to the nearest pixel; unsnapped, the window is centred exactly
     origin = origin.floor_() if snap else origin - 0.5

@@ -93,8 +93,11 @@ CASES += [
     ("visualize: a folder that is not a run", lambda f: (f / "empty").mkdir() or ["glimpse.visualize", "empty"]),
     ("evaluate: `--split train`", lambda f: ["glimpse.evaluate", "run", "--split", "train"]),
 ]
-CASES += [(f"evaluate: best.pt is a {what}", (lambda w: lambda f: ["glimpse.evaluate", run_folder_with(f, w)])(what))
-          for what in ("truncated checkpoint", "random bytes", "code-running pickle", "empty file", "foreign checkpoint")]
+BAD_CHECKPOINTS = {"truncated checkpoint": "a truncated checkpoint", "random bytes": "random bytes",
+                   "code-running pickle": "a pickle that would run code", "empty file": "nothing (empty file)",
+                   "foreign checkpoint": "another program's checkpoint"}
+CASES += [(f"evaluate: best.pt holds {label}", (lambda w: lambda f: ["glimpse.evaluate", run_folder_with(f, w)])(what))
+          for what, label in BAD_CHECKPOINTS.items()]
 CASES += [
     ("bench: `mode=fast`", lambda f: ["glimpse.bench", "mode=fast"]),
     ("bench: `--models ram,transformer` in `mode=scaling`", lambda f: ["glimpse.bench", "mode=scaling", "--models", "ram,transformer"]),

@@ -108,8 +108,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                          "progress": progress, "epoch": epoch}, last_path)
 
     # purge_step: events the killed run wrote after its last checkpoint are dropped, so the curves stay continuous.
-    resumed_at = progress["epoch"] * steps_per_epoch + progress["batch"]
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=resumed_at + 1 if t.resume else None)
+    # Events are written only at epoch ends (step (epoch + 1) * steps_per_epoch), after the epoch's last mid-epoch
+    # checkpoint, which may hold batch == steps_per_epoch: so keep what the last finished epoch wrote, purge the rest.
+    last_epoch_end = progress["epoch"] * steps_per_epoch
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=last_epoch_end + 1 if t.resume else None)
     every = t.checkpoint_every_minutes * 60
     last_saved = time.monotonic()
     weights = [p for p in model.parameters() if p.requires_grad]

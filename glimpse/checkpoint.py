@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any

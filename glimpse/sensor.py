@@ -107,7 +107,7 @@ def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]
     origin = torch.addcmul(shift, locs[:, :, None, :], half)  # (B, N, S, 2), in pixels
     # shift holds +0.5 so that floor rounds to the nearest pixel; unsnapped, the window is centred exactly
     origin = origin.floor_() if snap else origin - 0.5
-    grid = torch.addmm(base, origin.view(b * n, -1), spread)  # (B * N, S * p * p * 2)
+    grid = torch.addmm(base, origin.reshape(b * n, -1), spread)  # (B * N, S * p * p * 2)
     out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
     out = out.view(b, c, n, scales, patch, patch).permute(0, 2, 3, 1, 4, 5)
     return out if many else out[:, 0]

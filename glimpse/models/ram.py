@@ -248,14 +248,8 @@ class RAM(nn.Module):
             loc = sample.clamp(-1, 1)
             samples.append(sample)
             locations.append(loc)
-        if steps == 1:
-            return Episode(self.action_net(h), torch.stack(locations, 1))
-        # The policy's means and the baselines for all steps at once, now that the episode is known:
-        # the same values as inside the loop, in one matrix product each, and differentiable.
-        states = torch.stack(hs[:-1], 1)
-        means = self.location_net(states)
-        log_pi = self.location_net.log_prob(torch.stack(samples, 1), means)
-        return Episode(self.action_net(h), torch.stack(locations, 1), log_pi, self.baseline_net(states), means)
+        return self.outcome(h, torch.stack(hs[:-1], 1) if steps > 1 else None, torch.stack(locations, 1),
+                            torch.stack(samples, 1) if steps > 1 else None)
 
     def fused_episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """`episode` for core="rnn" through RNNEpisode: the same values and gradients, fewer and larger operations."""
@@ -263,10 +257,19 @@ class RAM(nn.Module):
         hs, locations, samples = RNNEpisode.apply(
             images, loc, noise, self.sensor, self.glimpses, g.what.weight, g.what.bias, g.where.weight, g.where.bias,
             g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias)
-        logits, locations = self.action_net(hs[-1]), locations.transpose(0, 1).contiguous()
-        if self.glimpses == 1:
+        many = self.glimpses > 1
+        return self.outcome(hs[-1], hs[:-1].transpose(0, 1) if many else None, locations.transpose(0, 1),
+                            samples.transpose(0, 1) if many else None)
+
+    def outcome(self, h_last: Tensor, states: Tensor | None, locations: Tensor, samples: Tensor | None) -> Episode:
+        """The Episode from the last core state, the earlier states (B, T-1, hidden), locations and samples.
+
+        The policy's means and the baselines for all steps at once, now that the episode is known:
+        the same values as inside the loop, in one matrix product each, and differentiable.
+        """
+        logits = self.action_net(h_last)
+        if states is None:  # one glimpse: no location was sampled
             return Episode(logits, locations)
-        states = hs[:-1].transpose(0, 1)
         means = self.location_net(states)
-        log_pi = self.location_net.log_prob(samples.transpose(0, 1), means)
+        log_pi = self.location_net.log_prob(samples, means)
         return Episode(logits, locations, log_pi, self.baseline_net(states), means)

@@ -33,58 +33,61 @@ def patch_origins(locations: Tensor, side: int, height: int, width: int) -> Tens
 
 
 @functools.lru_cache(maxsize=64)
-def _grid(side: int, height: int, width: int, device: torch.device) -> tuple[Tensor, ...]:
-    """Constants of `crop`, made once per shape: a few tensor ops fewer on every glimpse."""
-    half = torch.tensor([width / 2, height / 2], device=device)
-    shift = half - (side / 2 - 0.5)  # origin = floor(l * half + shift)
-    offsets = torch.arange(side, device=device)
-    last = torch.tensor([width - 1, height - 1], device=device)[:, None]
-    return half, shift, offsets, torch.zeros_like(last), last, torch.tensor(width, device=device)
+def _lattice(counts: tuple[int, ...], sides: tuple[int, ...], height: int, width: int, device: torch.device,
+             dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Constants of `read`, made once per shape.
+
+    Scale i is read at counts[i] x counts[i] points spaced sides[i] / counts[i]
+    apart, the first half a spacing in from its window's origin (a pixel's
+    centre when counts[i] == sides[i]). In grid_sample's [-1, 1] units a point
+    is origin / half + (offset / half - 1): one matrix product for all of them,
+    grid = base + origin @ spread, where `spread` copies each scale's origin x
+    and y, divided by half, to the x and y of every point of that scale.
+    """
+    half = torch.tensor([width / 2, height / 2], device=device, dtype=dtype)
+    shift = torch.stack([half - (side / 2 - 0.5) for side in sides])  # (S, 2): origin = floor(l * half + shift)
+    total = sum(n * n for n in counts)
+    spread = torch.zeros(len(sides), 2, total, 2, device=device, dtype=dtype)
+    bases, first = [], 0
+    for i, (n, side) in enumerate(zip(counts, sides)):
+        steps = (torch.arange(n, device=device, dtype=dtype) + 0.5) * (side / n)
+        offsets = torch.stack(torch.broadcast_tensors(steps[None, :], steps[:, None]), -1).reshape(-1, 2)  # (n * n, 2) as (x, y)
+        bases.append(offsets / half - 1)
+        for xy in range(2):
+            spread[i, xy, first : first + n * n, xy] = 1 / half[xy]
+        first += n * n
+    return half, shift, torch.cat(bases).reshape(1, -1), spread.view(2 * len(sides), -1)
+
+
+def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str, snap: bool = True) -> Tensor:
+    """`images` (B, C, H, W) at counts[i]^2 points of each scale's window, for `locations` (B, N, 2): (B, C, N, sum counts^2).
+
+    One grid_sample for every scale and location, zero outside the image. mode="nearest" at
+    counts == sides reads each window's pixels exactly; mode="bilinear" at counts == patch
+    resizes. The cost is proportional to the points read, never to H and W.
+    """
+    b, c, h, w = images.shape
+    n = locations.shape[1]
+    half, shift, base, spread = _lattice(counts, sides, h, w, images.device, images.dtype)
+    origin = torch.addcmul(shift, locations[:, :, None, :], half)  # (B, N, S, 2), in pixels
+    # shift holds +0.5 so that floor rounds to the nearest pixel; unsnapped, the window is centred exactly
+    origin = origin.floor_() if snap else origin - 0.5
+    grid = torch.addmm(base, origin.reshape(b * n, -1), spread)  # (B * N, points * 2)
+    out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode=mode, padding_mode="zeros", align_corners=False)
+    return out.view(b, c, n, -1)
 
 
 def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     """The side x side windows of `images` (B, C, H, W) centred on `locations` (B, 2) or (B, N, 2), zero outside.
 
     Returns (B, C, side, side), or (B, N, C, side, side) for N locations per image.
+    Nearest-neighbour reads at the pixels' centres: each value is a pixel, exactly.
     """
-    b, c, h, w = images.shape
+    b, c = images.shape[:2]
     many = locations.dim() == 3
     locs = locations if many else locations[:, None]
-    n = locs.shape[1]
-    half, shift, offsets, first, last, stride = _grid(side, h, w, images.device)
-    origin = torch.addcmul(shift, locs, half).floor_().long()
-    coords = origin[..., None] + offsets  # (B, N, 2, side): the columns and the rows each window covers
-    clamped = torch.clamp(coords, first, last)
-    inside = clamped == coords
-    inside = inside[:, :, 1, :, None] & inside[:, :, 0, None, :]  # (B, N, side, side)
-    # One flat gather of exactly the pixels asked for: cost ~ side^2, whatever H and W are.
-    index = torch.addcmul(clamped[:, :, 0, None, :], clamped[:, :, 1, :, None], stride).reshape(b, 1, n * side * side)
-    pixels = images.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, n, side, side)
-    if many:
-        return pixels.transpose(1, 2) * inside[:, :, None]
-    return pixels.view(b, c, side, side) * inside.view(b, 1, side, side)
-
-
-@functools.lru_cache(maxsize=64)
-def _lattice(patch: int, sides: tuple[int, ...], height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """Constants of `sample`, made once per shape.
-
-    The sample grid, in grid_sample's [-1, 1] units, is origin / half + (offsets / half - 1)
-    for each scale's patch origin (in pixels). Written as one matrix product:
-    grid = base + origin @ spread, where `spread` copies each origin's x and y,
-    divided by half, to the x and y of every sample point of its scale.
-    """
-    half = torch.tensor([width / 2, height / 2], device=device, dtype=dtype)
-    shift = torch.stack([half - (side / 2 - 0.5) for side in sides])  # (S, 2): origin = floor(l * half + shift)
-    steps = torch.stack([(torch.arange(patch, device=device, dtype=dtype) + 0.5) * (side / patch) for side in sides])  # (S, p)
-    offsets = torch.stack(torch.broadcast_tensors(steps[:, None, :], steps[:, :, None]), -1)  # (S, p, p, 2) as (x, y)
-    base = (offsets / half - 1).reshape(1, -1)
-    n = len(sides)
-    spread = torch.zeros(n, 2, n, patch * patch, 2, device=device, dtype=dtype)
-    for i in range(n):
-        for xy in range(2):
-            spread[i, xy, i, :, xy] = 1 / half[xy]
-    return half, shift, base, spread.view(2 * n, -1)
+    pixels = read(images, locs, (side,), (side,), "nearest").view(b, c, locs.shape[1], side, side)
+    return pixels.transpose(1, 2) if many else pixels[:, :, 0]
 
 
 def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...], snap: bool = True) -> Tensor:
@@ -99,17 +102,30 @@ def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]
     With snap=False the patch origin is not rounded to a whole pixel, so the
     output is differentiable with respect to the location (differentiable glimpses).
     """
-    b, c, h, w = images.shape
+    b, c = images.shape[:2]
     many = locations.dim() == 3
     locs = locations if many else locations[:, None]
-    n, scales = locs.shape[1], len(sides)
-    half, shift, base, spread = _lattice(patch, sides, h, w, images.device, images.dtype)
-    origin = torch.addcmul(shift, locs[:, :, None, :], half)  # (B, N, S, 2), in pixels
-    # shift holds +0.5 so that floor rounds to the nearest pixel; unsnapped, the window is centred exactly
-    origin = origin.floor_() if snap else origin - 0.5
-    grid = torch.addmm(base, origin.reshape(b * n, -1), spread)  # (B * N, S * p * p * 2)
-    out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.view(b, c, n, scales, patch, patch).permute(0, 2, 3, 1, 4, 5)
+    out = read(images, locs, (patch,) * len(sides), sides, "bilinear", snap)
+    out = out.view(b, c, locs.shape[1], len(sides), patch, patch).permute(0, 2, 3, 1, 4, 5)
+    return out if many else out[:, 0]
+
+
+def area(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) -> Tensor:
+    """Every side x side window read whole (one grid_sample) and area-resized to patch x patch; shapes as `sample`.
+
+    For an integer ratio side / patch each output pixel is exactly the mean of its block.
+    """
+    b, c = images.shape[:2]
+    many = locations.dim() == 3
+    locs = locations if many else locations[:, None]
+    n = locs.shape[1]
+    pixels = read(images, locs, sides, sides, "nearest").transpose(1, 2)  # (B, N, C, points)
+    out, first = [], 0
+    for side in sides:
+        window = pixels[..., first : first + side * side].reshape(b * n, c, side, side)
+        first += side * side
+        out.append(window if side == patch else F.adaptive_avg_pool2d(window, patch))
+    out = torch.stack(out, 1).view(b, n, len(sides), c, patch, patch)
     return out if many else out[:, 0]
 
 
@@ -124,23 +140,16 @@ def retina(
 
     `locations` (B, N, 2) reads N glimpses of each image at once: (B, N, scales, C, patch, patch).
 
-    resize="area": each side x side window is gathered whole and area-averaged (exact; cost ~ sum of side^2).
+    resize="area": each side x side window is read whole and area-averaged (exact; cost ~ sum of side^2).
     resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2); with
     snap=False the patches are not rounded to whole pixels and are differentiable in the location.
     """
-    sides = patch_sides(patch, scales, scale_factor)
+    sides = tuple(patch_sides(patch, scales, scale_factor))
     if resize == "bilinear":
-        return sample(images, locations, patch, tuple(sides), snap)
+        return sample(images, locations, patch, sides, snap)
     if not snap:
         raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
-    out = []
-    for side in sides:
-        window = crop(images, locations, side)
-        if side != patch:
-            # Area resize; for an integer ratio this is exactly the mean of each side/patch block.
-            window = F.adaptive_avg_pool2d(window.flatten(0, -4), patch).view(*window.shape[:-2], patch, patch)
-        out.append(window)
-    return torch.stack(out, -4)
+    return area(images, locations, patch, sides)
 
 
 class Sensor(torch.nn.Module):

@@ -238,5 +238,6 @@ def test_ram_policy_steps_through_the_same_locations_as_ram(short_ram_run):
         locations.append(obs["location"])
         action = policy(obs)
         obs, *_ = envs.step(action)
-    assert torch.equal(torch.stack(locations, 1), episode.locations)
+    # the same up to float rounding: RAMPolicy runs the modules step by step, RAM its fused episode
+    torch.testing.assert_close(torch.stack(locations, 1), episode.locations, rtol=0, atol=1e-5)
     assert torch.equal(action["prediction"], episode.logits.argmax(1))

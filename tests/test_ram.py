@@ -105,7 +105,8 @@ def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina)
             ep = model(images, generator=torch.Generator().manual_seed(2))
             hybrid_loss(ep, labels)[0].backward()
             episodes.append(ep)
-        assert torch.equal(episodes[0].locations, episodes[1].locations)
+        # equal up to rounding: the two sum the same products in another order
+        torch.testing.assert_close(episodes[0].locations, episodes[1].locations, rtol=1e-12, atol=1e-12)
         # the pictures re-read each episode's glimpses through the sensor, all steps at once
         torch.testing.assert_close(fused.sensor(images, episodes[0].locations), plain.sensor(images, episodes[1].locations))
         torch.testing.assert_close(episodes[0].logits, episodes[1].logits)

@@ -108,72 +108,73 @@ class RNNEpisode(torch.autograd.Function):
     """The glimpse network and the `rnn` core over a whole episode, with backpropagation through time by hand.
 
     The same function as RAM.episode's loop with core="rnn" (tests compare the
-    two), built for speed: the forward keeps every step's inputs in a few
-    buffers, and the backward runs only the recurrence step by step,
-    dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0], while each weight's gradient
+    two), built for speed: few and large operations. The forward writes every
+    step into preallocated buffers (no copies), with the glimpse network's two
+    first layers as one block-diagonal product on [rho(x, l_t), l_t]; the
+    backward runs only the recurrence step by step,
+    dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0], and each weight's gradient
     is one matrix product over all T steps (autograd would do T small ones).
     The location samples come out of the loop without a gradient, as in the paper;
-    gradients reach the weights only (images and locations need none).
-    Returns H (T, B, hidden), the locations (T, B, 2) and the samples (T-1, B, 2).
+    so do the core states before the last: the location and baseline networks
+    read them detached, so only h_T, through the action network, carries a
+    gradient back. Gradients reach the weights only (images and locations need none).
+    Returns h_T (B, hidden) and, without gradient, H (T, B, hidden), the
+    locations (T, B, 2) and the samples (T-1, B, 2).
     """
 
     @staticmethod
     def forward(ctx, images: Tensor, loc: Tensor, noise: Tensor | None, sensor: Sensor, steps: int, w_what: Tensor, b_what: Tensor,
                 w_where: Tensor, b_where: Tensor, w_out: Tensor, b_out: Tensor, w_core: Tensor, b_core: Tensor,
-                w_loc: Tensor, b_loc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, g_size, hidden = images.shape[0], w_out.shape[0], w_core.shape[0]
+                w_loc: Tensor, b_loc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        b, p, g_size = images.shape[0], w_what.shape[1], w_out.shape[0]
         new = images.new_empty
-        patches = new(steps, b, w_what.shape[1])
-        locations = new(steps, b, 2)
-        y = new(steps, b, w_what.shape[0] + w_where.shape[0])  # [h_g, h_l] per step: the glimpse network's hidden layer
-        x = new(steps, b, g_size + hidden)  # [g_t, h_{t-1}] per step: the core's input
-        hs = new(steps, b, hidden)
+        w_in, b_in = torch.block_diag(w_what, w_where).t(), torch.cat((b_what, b_where))  # [h_g, h_l] from [rho, l]
+        w_ig, w_hh = w_core[:, :g_size].t(), w_core[:, g_size:].t()
+        inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
+        y = new(steps, b, w_in.shape[1])  # [h_g, h_l] per step: the glimpse network's hidden layer
+        gs = new(steps, b, g_size)
+        hs = new(steps, b, w_core.shape[0])
         samples = new(max(steps - 1, 0), b, 2)
-        x[0, :, g_size:] = 0  # h_0 = 0
+        inputs[0, :, p:] = loc
         for t in range(steps):
-            locations[t] = loc
-            patches[t] = sensor(images, loc).flatten(1)
-            h_g = torch.relu_(F.linear(patches[t], w_what, b_what))
-            h_l = torch.relu_(F.linear(loc, w_where, b_where))
-            torch.cat((h_g, h_l), 1, out=y[t])
-            g = torch.relu_(F.linear(y[t], w_out, b_out))
-            x[t, :, :g_size] = g
-            w = w_core if t else w_core[:, :g_size]  # h_0 = 0: skip its half of the product
-            torch.relu_(torch.addmm(b_core, x[t] if t else g, w.t(), out=hs[t]))
+            inputs[t, :, :p] = sensor(images, inputs[t, :, p:]).reshape(b, p)
+            torch.relu_(torch.addmm(b_in, inputs[t], w_in, out=y[t]))
+            torch.relu_(torch.addmm(b_out, y[t], w_out.t(), out=gs[t]))
+            h = torch.addmm(b_core, gs[t], w_ig, out=hs[t])
+            if t:  # h_0 = 0: the first step has no recurrent term
+                h.addmm_(hs[t - 1], w_hh)
+            h.relu_()
             if t == steps - 1:
                 break
-            x[t + 1, :, g_size:] = hs[t]
-            sample = torch.tanh(F.linear(hs[t], w_loc, b_loc))
+            sample = torch.addmm(b_loc, h, w_loc.t(), out=samples[t]).tanh_()
             if noise is not None:
                 sample += noise[:, t]
-            samples[t] = sample
-            loc = sample.clamp(-1, 1)
-        ctx.save_for_backward(patches, locations, y, x, hs, w_what, w_out, w_core)
-        ctx.mark_non_differentiable(locations, samples)
-        return hs, locations, samples
+            torch.clamp(sample, -1, 1, out=inputs[t + 1, :, p:])
+        ctx.save_for_backward(inputs, y, gs, hs, w_out, w_core)
+        ctx.what = w_what.shape[0]
+        locations = inputs[:, :, p:].contiguous()
+        ctx.mark_non_differentiable(hs, locations, samples)
+        return hs[-1].clone(), hs, locations, samples
 
     @staticmethod
-    def backward(ctx, d_hs: Tensor, _d_locations: Tensor, _d_samples: Tensor):
-        patches, locations, y, x, hs, w_what, w_out, w_core = ctx.saved_tensors
-        steps, b, hidden = hs.shape
-        g_size, what = w_out.shape[0], w_what.shape[0]
+    def backward(ctx, d_last: Tensor, _d_hs: Tensor, _d_locations: Tensor, _d_samples: Tensor):
+        inputs, y, gs, hs, w_out, w_core = ctx.saved_tensors
+        steps, p, g_size, what = hs.shape[0], inputs.shape[2] - 2, w_out.shape[0], ctx.what
         w_hh = w_core[:, g_size:]
         d_pre = torch.empty_like(hs)  # dL/d(pre-activation of h_t)
-        carry = None
         for t in reversed(range(steps)):
-            d_h = d_hs[t] if carry is None else d_hs[t] + carry
+            d_h = d_last if t == steps - 1 else d_pre[t + 1] @ w_hh
             torch.ops.aten.threshold_backward.grad_input(d_h, hs[t], 0, grad_input=d_pre[t])
-            if t:
-                carry = d_pre[t] @ w_hh
         flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
-        d_pre = flat(d_pre)
-        d_w_core, d_b_core = d_pre.t() @ flat(x), d_pre.sum(0)
-        d_g = torch.ops.aten.threshold_backward(d_pre @ w_core[:, :g_size], flat(x)[:, :g_size], 0)
+        d_w_ig = flat(d_pre).t() @ flat(gs)
+        d_w_hh = flat(d_pre[1:]).t() @ flat(hs[:-1]) if steps > 1 else torch.zeros_like(w_hh)
+        d_w_core, d_b_core = torch.cat((d_w_ig, d_w_hh), 1), flat(d_pre).sum(0)
+        d_g = torch.ops.aten.threshold_backward(flat(d_pre) @ w_core[:, :g_size], flat(gs), 0)
         d_w_out, d_b_out = d_g.t() @ flat(y), d_g.sum(0)
         d_y = torch.ops.aten.threshold_backward(d_g @ w_out, flat(y), 0)
-        d_what, d_where = d_y[:, :what], d_y[:, what:]
-        return (None, None, None, None, None, d_what.t() @ flat(patches), d_what.sum(0), d_where.t() @ flat(locations),
-                d_where.sum(0), d_w_out, d_b_out, d_w_core, d_b_core, None, None)
+        d_b_in, x = d_y.sum(0), flat(inputs)
+        return (None, None, None, None, None, d_y[:, :what].t() @ x[:, :p], d_b_in[:what], d_y[:, what:].t() @ x[:, p:],
+                d_b_in[what:], d_w_out, d_b_out, d_w_core, d_b_core, None, None)
 
 
 class RAM(nn.Module):
@@ -248,28 +249,28 @@ class RAM(nn.Module):
             loc = sample.clamp(-1, 1)
             samples.append(sample)
             locations.append(loc)
-        return self.outcome(h, torch.stack(hs[:-1], 1) if steps > 1 else None, torch.stack(locations, 1),
-                            torch.stack(samples, 1) if steps > 1 else None)
+        return self.outcome(h, torch.stack(hs[:-1]) if steps > 1 else None, torch.stack(locations, 1),
+                            torch.stack(samples) if steps > 1 else None)
 
     def fused_episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """`episode` for core="rnn" through RNNEpisode: the same values and gradients, fewer and larger operations."""
         g, c = self.glimpse_net, self.core.cell
-        hs, locations, samples = RNNEpisode.apply(
+        h_last, hs, locations, samples = RNNEpisode.apply(
             images, loc, noise, self.sensor, self.glimpses, g.what.weight, g.what.bias, g.where.weight, g.where.bias,
             g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias)
         many = self.glimpses > 1
-        return self.outcome(hs[-1], hs[:-1].transpose(0, 1) if many else None, locations.transpose(0, 1),
-                            samples.transpose(0, 1) if many else None)
+        return self.outcome(h_last, hs[:-1] if many else None, locations.transpose(0, 1), samples if many else None)
 
     def outcome(self, h_last: Tensor, states: Tensor | None, locations: Tensor, samples: Tensor | None) -> Episode:
-        """The Episode from the last core state, the earlier states (B, T-1, hidden), locations and samples.
+        """The Episode from h_T, the earlier states (T-1, B, hidden), the locations (B, T, 2) and the samples (T-1, B, 2).
 
         The policy's means and the baselines for all steps at once, now that the episode is known:
         the same values as inside the loop, in one matrix product each, and differentiable.
+        Time-major in, batch-major out: the products read the states as they lie in memory.
         """
         logits = self.action_net(h_last)
         if states is None:  # one glimpse: no location was sampled
             return Episode(logits, locations)
         means = self.location_net(states)
         log_pi = self.location_net.log_prob(samples, means)
-        return Episode(logits, locations, log_pi, self.baseline_net(states), means)
+        return Episode(logits, locations, log_pi.t(), self.baseline_net(states).t(), means.transpose(0, 1))

@@ -119,13 +119,15 @@ def area(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) 
     many = locations.dim() == 3
     locs = locations if many else locations[:, None]
     n = locs.shape[1]
-    pixels = read(images, locs, sides, sides, "nearest").transpose(1, 2)  # (B, N, C, points)
-    out, first = [], 0
-    for side in sides:
-        window = pixels[..., first : first + side * side].reshape(b * n, c, side, side)
-        first += side * side
-        out.append(window if side == patch else F.adaptive_avg_pool2d(window, patch))
-    out = torch.stack(out, 1).view(b, n, len(sides), c, patch, patch)
+    pixels = read(images, locs, sides, sides, "nearest")  # (B, C, N, sum side^2)
+    if len(sides) > 1 or sides[0] != patch:
+        parts, first = [], 0
+        for side in sides:
+            window = pixels[..., first : first + side * side]
+            first += side * side
+            parts.append(window if side == patch else F.adaptive_avg_pool2d(window.reshape(-1, side, side), patch).view(b, c, n, -1))
+        pixels = torch.cat(parts, -1)
+    out = pixels.view(b, c, n, len(sides), patch, patch).permute(0, 2, 3, 1, 4, 5)
     return out if many else out[:, 0]
 
 

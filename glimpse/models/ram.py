@@ -105,67 +105,73 @@ class ActionNetwork(nn.Module):
 
 
 class RNNEpisode(torch.autograd.Function):
-    """The glimpse network and the `rnn` core over a whole episode, with backpropagation through time by hand.
+    """RAM's episode with the `rnn` core: glimpse, core, location and baseline networks, backpropagation by hand.
 
     The same function as RAM.episode's loop with core="rnn" (tests compare the
     two), built for speed: few and large operations. The forward writes every
-    step into preallocated buffers (no copies), with the glimpse network's two
-    first layers as one block-diagonal product on [rho(x, l_t), l_t]; the
-    backward runs only the recurrence step by step,
-    dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0], and each weight's gradient
-    is one matrix product over all T steps (autograd would do T small ones).
-    The location samples come out of the loop without a gradient, as in the paper;
-    so do the core states before the last: the location and baseline networks
-    read them detached, so only h_T, through the action network, carries a
-    gradient back. Gradients reach the weights only (images and locations need none).
-    Returns h_T (B, hidden) and, without gradient, H (T, B, hidden), the
-    locations (T, B, 2) and the samples (T-1, B, 2).
+    step into preallocated buffers, with the glimpse network's two first layers
+    as one block-diagonal product on [rho(x, l_t), l_t] and the location and
+    baseline networks as one product [mu_t, b_t] on h_t. The backward runs only
+    the recurrence step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
+    and each weight's gradient is one matrix product over all T steps (autograd
+    would do T small ones).
+    Gradients: the location and baseline networks read h_t detached (as in the
+    paper), so only h_T, through the action network, carries a gradient into the
+    core; the means and baselines carry theirs into their own weights only. The
+    samples and locations have none, and images need none.
+    Returns h_T (B, hidden), the heads [mu_t (2), b_t] (T-1, B, 3) and, without
+    gradient, the locations (T, B, 2) and the samples (T-1, B, 2).
     """
 
     @staticmethod
     def forward(ctx, images: Tensor, loc: Tensor, noise: Tensor | None, sensor: Sensor, steps: int, w_what: Tensor, b_what: Tensor,
                 w_where: Tensor, b_where: Tensor, w_out: Tensor, b_out: Tensor, w_core: Tensor, b_core: Tensor,
-                w_loc: Tensor, b_loc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                w_loc: Tensor, b_loc: Tensor, w_base: Tensor, b_base: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, p, g_size = images.shape[0], w_what.shape[1], w_out.shape[0]
         new = images.new_empty
         w_in, b_in = torch.block_diag(w_what, w_where).t(), torch.cat((b_what, b_where))  # [h_g, h_l] from [rho, l]
         w_ig, w_hh = w_core[:, :g_size].t(), w_core[:, g_size:].t()
+        w_heads, b_heads = torch.cat((w_loc, w_base)).t(), torch.cat((b_loc, b_base))  # [mu, b] from h
         inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
-        y = new(steps, b, w_in.shape[1])  # [h_g, h_l] per step: the glimpse network's hidden layer
-        gs = new(steps, b, g_size)
-        hs = new(steps, b, w_core.shape[0])
-        samples = new(max(steps - 1, 0), b, 2)
+        # Each layer's outputs for all steps start as its bias (one copy each); the products add into them.
+        y = b_in.expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
+        gs = b_out.expand(steps, b, -1).clone()
+        hs = b_core.expand(steps, b, -1).clone()
+        heads = new(steps - 1, b, 3)
+        samples = new(steps - 1, b, 2)
         inputs[0, :, p:] = loc
-        for t in range(steps):
-            inputs[t, :, :p] = sensor(images, inputs[t, :, p:]).reshape(b, p)
-            torch.relu_(torch.addmm(b_in, inputs[t], w_in, out=y[t]))
-            torch.relu_(torch.addmm(b_out, y[t], w_out.t(), out=gs[t]))
-            h = torch.addmm(b_core, gs[t], w_ig, out=hs[t])
+        for t, (x, y_t, g, h) in enumerate(zip(inputs, y, gs, hs)):
+            x[:, :p] = sensor(images, x[:, p:]).reshape(b, p)
+            y_t.addmm_(x, w_in).relu_()
+            g.addmm_(y_t, w_out.t()).relu_()
+            h.addmm_(g, w_ig)
             if t:  # h_0 = 0: the first step has no recurrent term
                 h.addmm_(hs[t - 1], w_hh)
             h.relu_()
             if t == steps - 1:
                 break
-            sample = torch.addmm(b_loc, h, w_loc.t(), out=samples[t]).tanh_()
-            if noise is not None:
-                sample += noise[:, t]
+            mu = torch.addmm(b_heads, h, w_heads, out=heads[t])[:, :2].tanh_()
+            sample = samples[t].copy_(mu) if noise is None else torch.add(mu, noise[:, t], out=samples[t])
             torch.clamp(sample, -1, 1, out=inputs[t + 1, :, p:])
-        ctx.save_for_backward(inputs, y, gs, hs, w_out, w_core)
+        ctx.save_for_backward(inputs, y, gs, hs, heads, w_out, w_core)
         ctx.what = w_what.shape[0]
         locations = inputs[:, :, p:].contiguous()
-        ctx.mark_non_differentiable(hs, locations, samples)
-        return hs[-1].clone(), hs, locations, samples
+        ctx.mark_non_differentiable(locations, samples)
+        return hs[-1].clone(), heads, locations, samples
 
     @staticmethod
-    def backward(ctx, d_last: Tensor, _d_hs: Tensor, _d_locations: Tensor, _d_samples: Tensor):
-        inputs, y, gs, hs, w_out, w_core = ctx.saved_tensors
+    def backward(ctx, d_last: Tensor, d_heads: Tensor, _d_locations: Tensor, _d_samples: Tensor):
+        inputs, y, gs, hs, heads, w_out, w_core = ctx.saved_tensors
         steps, p, g_size, what = hs.shape[0], inputs.shape[2] - 2, w_out.shape[0], ctx.what
+        flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
+        # the heads: mu = tanh(pre), b = pre (linear), both on the detached h_t
+        d_pre_heads = flat(d_heads * torch.cat((1 - heads[..., :2] ** 2, torch.ones_like(heads[..., 2:])), -1))
+        d_w_heads, d_b_heads = d_pre_heads.t() @ flat(hs[:-1]), d_pre_heads.sum(0)
         w_hh = w_core[:, g_size:]
         d_pre = torch.empty_like(hs)  # dL/d(pre-activation of h_t)
         for t in reversed(range(steps)):
             d_h = d_last if t == steps - 1 else d_pre[t + 1] @ w_hh
             torch.ops.aten.threshold_backward.grad_input(d_h, hs[t], 0, grad_input=d_pre[t])
-        flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
         d_w_ig = flat(d_pre).t() @ flat(gs)
         d_w_hh = flat(d_pre[1:]).t() @ flat(hs[:-1]) if steps > 1 else torch.zeros_like(w_hh)
         d_w_core, d_b_core = torch.cat((d_w_ig, d_w_hh), 1), flat(d_pre).sum(0)
@@ -174,7 +180,7 @@ class RNNEpisode(torch.autograd.Function):
         d_y = torch.ops.aten.threshold_backward(d_g @ w_out, flat(y), 0)
         d_b_in, x = d_y.sum(0), flat(inputs)
         return (None, None, None, None, None, d_y[:, :what].t() @ x[:, :p], d_b_in[:what], d_y[:, what:].t() @ x[:, p:],
-                d_b_in[what:], d_w_out, d_b_out, d_w_core, d_b_core, None, None)
+                d_b_in[what:], d_w_out, d_b_out, d_w_core, d_b_core, d_w_heads[:2], d_b_heads[:2], d_w_heads[2:], d_b_heads[2:])
 
 
 class RAM(nn.Module):
@@ -231,7 +237,7 @@ class RAM(nn.Module):
 
     def episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """One episode from l_1 = `loc`, with the policy's noise (B, T-1, 2) given (None: greedy, the means)."""
-        if self.fused and self.core.kind == "rnn":
+        if self.fused and self.core.kind == "rnn" and self.glimpses > 1:
             return self.fused_episode(images, loc, noise)
         steps = self.glimpses
         state = None
@@ -249,28 +255,26 @@ class RAM(nn.Module):
             loc = sample.clamp(-1, 1)
             samples.append(sample)
             locations.append(loc)
-        return self.outcome(h, torch.stack(hs[:-1]) if steps > 1 else None, torch.stack(locations, 1),
-                            torch.stack(samples) if steps > 1 else None)
+        if steps == 1:  # one glimpse: no location was sampled
+            return Episode(self.action_net(h), torch.stack(locations, 1))
+        # The policy's means and the baselines for all steps at once, now that the episode is known:
+        # the same values as inside the loop, in one product each, and differentiable.
+        states = torch.stack(hs[:-1])
+        return self.outcome(h, torch.stack(locations, 1), torch.stack(samples), self.location_net(states), self.baseline_net(states))
 
     def fused_episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """`episode` for core="rnn" through RNNEpisode: the same values and gradients, fewer and larger operations."""
         g, c = self.glimpse_net, self.core.cell
-        h_last, hs, locations, samples = RNNEpisode.apply(
+        h_last, heads, locations, samples = RNNEpisode.apply(
             images, loc, noise, self.sensor, self.glimpses, g.what.weight, g.what.bias, g.where.weight, g.where.bias,
-            g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias)
-        many = self.glimpses > 1
-        return self.outcome(h_last, hs[:-1] if many else None, locations.transpose(0, 1), samples if many else None)
+            g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias,
+            self.baseline_net.fc.weight, self.baseline_net.fc.bias)
+        return self.outcome(h_last, locations.transpose(0, 1), samples, heads[..., :2], heads[..., 2])
 
-    def outcome(self, h_last: Tensor, states: Tensor | None, locations: Tensor, samples: Tensor | None) -> Episode:
-        """The Episode from h_T, the earlier states (T-1, B, hidden), the locations (B, T, 2) and the samples (T-1, B, 2).
+    def outcome(self, h_last: Tensor, locations: Tensor, samples: Tensor, means: Tensor, baselines: Tensor) -> Episode:
+        """The Episode from h_T, the locations (B, T, 2), and the samples, means (T-1, B, 2) and baselines (T-1, B).
 
-        The policy's means and the baselines for all steps at once, now that the episode is known:
-        the same values as inside the loop, in one matrix product each, and differentiable.
-        Time-major in, batch-major out: the products read the states as they lie in memory.
+        Time-major in, batch-major out: the heads read the states as they lie in memory.
         """
-        logits = self.action_net(h_last)
-        if states is None:  # one glimpse: no location was sampled
-            return Episode(logits, locations)
-        means = self.location_net(states)
         log_pi = self.location_net.log_prob(samples, means)
-        return Episode(logits, locations, log_pi.t(), self.baseline_net(states).t(), means.transpose(0, 1))
+        return Episode(self.action_net(h_last), locations, log_pi.t(), baselines.t(), means.transpose(0, 1))

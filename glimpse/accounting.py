@@ -13,12 +13,18 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _addmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the in-place addmm_ (RNNEpisode adds its products into buffers), which FlopCounterMode leaves out."""
+    (m, k), (_, n) = a_shape, b_shape
+    return 2 * m * k * n
+
+
 @torch.no_grad()
 def macs_per_image(model: nn.Module, images: Tensor) -> float:
     """Multiply-accumulates of one inference forward (greedy policy), measured by FlopCounterMode."""
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flops}) as counter:
         model(images, greedy=True)
     model.train(was_training)
     return counter.get_total_flops() / 2 / images.shape[0]

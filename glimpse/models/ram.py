@@ -109,9 +109,8 @@ class RNNEpisode(torch.autograd.Function):
 
     The same function as RAM.episode's loop with core="rnn" (tests compare the
     two), built for speed: few and large operations. The forward writes every
-    step into preallocated buffers, with the glimpse network's two first layers
-    as one block-diagonal product on [rho(x, l_t), l_t] and the location and
-    baseline networks as one product [mu_t, b_t] on h_t. The backward runs only
+    step into preallocated buffers, and the location and baseline networks run
+    as one product [mu_t, b_t] on h_t. The backward runs only
     the recurrence step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
     and each weight's gradient is one matrix product over all T steps (autograd
     would do T small ones).
@@ -129,12 +128,12 @@ class RNNEpisode(torch.autograd.Function):
                 w_loc: Tensor, b_loc: Tensor, w_base: Tensor, b_base: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, p, g_size = images.shape[0], w_what.shape[1], w_out.shape[0]
         new = images.new_empty
-        w_in, b_in = torch.block_diag(w_what, w_where).t(), torch.cat((b_what, b_where))  # [h_g, h_l] from [rho, l]
         w_ig, w_hh = w_core[:, :g_size].t(), w_core[:, g_size:].t()
         w_heads, b_heads = torch.cat((w_loc, w_base)).t(), torch.cat((b_loc, b_base))  # [mu, b] from h
         inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
         # Each layer's outputs for all steps start as its bias (one copy each); the products add into them.
-        y = b_in.expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
+        y = torch.cat((b_what, b_where)).expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
+        what = w_what.shape[0]
         gs = b_out.expand(steps, b, -1).clone()
         hs = b_core.expand(steps, b, -1).clone()
         heads = new(steps - 1, b, 3)
@@ -142,7 +141,9 @@ class RNNEpisode(torch.autograd.Function):
         inputs[0, :, p:] = loc
         for t, (x, y_t, g, h) in enumerate(zip(inputs, y, gs, hs)):
             x[:, :p] = sensor(images, x[:, p:]).reshape(b, p)
-            y_t.addmm_(x, w_in).relu_()
+            y_t[:, :what].addmm_(x[:, :p], w_what.t())
+            y_t[:, what:].addmm_(x[:, p:], w_where.t())
+            y_t.relu_()
             g.addmm_(y_t, w_out.t()).relu_()
             h.addmm_(g, w_ig)
             if t:  # h_0 = 0: the first step has no recurrent term
@@ -154,7 +155,7 @@ class RNNEpisode(torch.autograd.Function):
             sample = samples[t].copy_(mu) if noise is None else torch.add(mu, noise[:, t], out=samples[t])
             torch.clamp(sample, -1, 1, out=inputs[t + 1, :, p:])
         ctx.save_for_backward(inputs, y, gs, hs, heads, w_out, w_core)
-        ctx.what = w_what.shape[0]
+        ctx.what = what
         locations = inputs[:, :, p:].contiguous()
         ctx.mark_non_differentiable(locations, samples)
         return hs[-1].clone(), heads, locations, samples

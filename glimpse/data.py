@@ -108,13 +108,13 @@ def make_canvas(
         other = (base[:, None] + torch.randint(1, max(n, 2), (b, distractors), generator=generator, device=dev)) % n
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
-        pieces = windows(pool, d, d)[other, :, cy, cx]  # (B, K, C, d, d)
-        # Flat canvas positions of every piece pixel; index_add_ sums where pieces overlap.
-        offsets = torch.arange(d, device=dev)
-        corner = ((rows[:, None] * c) * size + py) * size + px  # (B, K): channel 0, top-left pixel
-        where = (corner[:, :, None, None, None] + (torch.arange(c, device=dev) * size * size)[:, None, None]
-                 + offsets[:, None] * size + offsets)  # (B, K, C, d, d)
-        canvas.view(-1).index_add_(0, where.flatten(), pieces.flatten().div(255))
+        # Flat positions of every piece pixel, in the pool (where it is cut) and on the canvas (where it goes):
+        # each piece's corner plus the offsets of its C x d x d pixels; index_add_ sums where pieces overlap.
+        within = torch.arange(d, device=dev)
+        channels = torch.arange(c, device=dev)[:, None, None]
+        src = ((other * c * h + cy) * w + cx)[:, :, None] + (channels * h * w + within[:, None] * w + within).flatten()
+        dst = ((rows[:, None] * c * size + py) * size + px)[:, :, None] + (channels * size * size + within[:, None] * size + within).flatten()
+        canvas.view(-1).index_add_(0, dst.flatten(), pool.view(-1).take(src).flatten().div(255))
     return canvas.clamp_(max=1.0)
 
 

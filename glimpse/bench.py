@@ -13,8 +13,11 @@ Times, for the configured model and data, on the configured device:
 - training images/s: whole steps (canvas generation, forward, hybrid loss,
   backward, Adam), warm-up excluded, the median of R repeats of N steps;
 - inference images/s: greedy-policy forward at the same batch size;
-- the share of a training step spent generating the batch and in the sensor
-  (its T calls at the episode's sizes, timed alone and divided by the step time).
+- the share of a training step spent generating the batch and in the sensor,
+  both timed inside the training steps themselves (the sensor's T calls by
+  forward hooks): images fresh from the generator, as in training. Timed alone
+  on one batch the sensor reads warm caches and looks up to 2x cheaper; those
+  figures are reported too (`*_alone_*`) but are not the share.
 The overrides are those of `python -m glimpse.train`, e.g. `experiment=ram_cluttered100 trainer.batch_size=512`.
 """
 
@@ -84,17 +87,28 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     while len(first_labels) < b:  # a short last batch would skew the figures
         first_images, first_labels = next(stream)
 
+    inside: list[tuple[float, float, float]] = []  # per training step: data, sensor and whole-step seconds
+    in_sensor = [0.0, 0.0]  # the running call's start, the step's sum
+
     def train_step():
+        tic = time.perf_counter()
         images, labels = next(stream)
+        drawn = time.perf_counter()
+        in_sensor[1] = 0.0
         loss, _ = hybrid_loss(model(images, generator=gen), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        inside.append((drawn - tic, in_sensor[1], time.perf_counter() - tic))
 
     def data_step():
         next(stream)
 
     sensor = getattr(model, "sensor", None)
+    hooked = sensor is not None and device.type == "cpu"  # CPU ops run synchronously: a hook's clock sees the call's work
+    if hooked:
+        sensor.register_forward_pre_hook(lambda *_: in_sensor.__setitem__(0, time.perf_counter()))
+        sensor.register_forward_hook(lambda *_: in_sensor.__setitem__(1, in_sensor[1] + time.perf_counter() - in_sensor[0]))
     locations = torch.rand(m.get("glimpses", 1), b, 2, generator=gen, device=device) * 2 - 1
 
     def sensor_step():
@@ -119,7 +133,11 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     t.setdefault("sensor", [0.0] * repeats)
     med = {name: statistics.median(v) for name, v in t.items()}
     step = med["train"]
-    share = lambda part: statistics.median(p / s for p, s in zip(t[part], t["train"]))  # noqa: E731
+    # shares inside the steps, one figure per repeat (the warm-up round's steps dropped)
+    rounds = [inside[steps * (r + 1) : steps * (r + 2)] for r in range(repeats)]
+    within = {part: [sum(x[i] for x in rnd) / sum(x[2] for x in rnd) for rnd in rounds] for i, part in enumerate(("data", "sensor"))}
+    per_step = {part: [sum(x[i] for x in rnd) / len(rnd) for rnd in rounds] for i, part in enumerate(("data", "sensor"))}
+    alone = lambda part: statistics.median(p / s for p, s in zip(t[part], t["train"]))  # noqa: E731
     macs = macs_per_image(model, first_images[:8])
     flops = 6 * macs * b  # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
     peak = 2 * b * 512 * 256 / med["matmul"] / 1e9
@@ -131,12 +149,17 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         "train_images_per_second_repeats": [round(b / s, 1) for s in t["train"]],
         "inference_images_per_second": b / med["infer"],
         "step_ms": 1e3 * step,
-        "data_ms": 1e3 * med["data"],
-        "sensor_ms": 1e3 * med["sensor"],
-        # medians of per-repeat ratios: each ratio's parts were timed side by side
-        "data_share": share("data"),
-        "sensor_share": share("sensor"),
-        "data_plus_sensor_share": statistics.median((d + s) / x for d, s, x in zip(t["data"], t["sensor"], t["train"])),
+        # inside the training steps: medians over repeats of each repeat's sums
+        "data_ms": 1e3 * statistics.median(per_step["data"]),
+        # hooks time the sensor on the CPU only (elsewhere its kernels run asynchronously): None there
+        "sensor_ms": 1e3 * statistics.median(per_step["sensor"]) if hooked else None,
+        "data_share": statistics.median(within["data"]),
+        "sensor_share": statistics.median(within["sensor"]) if hooked else None,
+        "data_plus_sensor_share": statistics.median(d + s for d, s in zip(within["data"], within["sensor"])) if hooked else None,
+        # the same parts timed alone (the data stream; the sensor's T calls on one batch, warm), over the step
+        "data_alone_ms": 1e3 * med["data"],
+        "sensor_alone_ms": 1e3 * med["sensor"],
+        "data_plus_sensor_alone_share": alone("data") + alone("sensor") if sensor is not None else alone("data"),
         "macs_per_image": macs,
         "train_gflop_per_second": flops / step / 1e9,
         "matmul_gflop_per_second": peak,

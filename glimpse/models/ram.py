@@ -110,14 +110,15 @@ class RNNEpisode(torch.autograd.Function):
     The same function as RAM.episode's loop with core="rnn" (tests compare the
     two), built for speed: few and large operations. The forward writes every
     step into preallocated buffers, and the location and baseline networks run
-    as one product [mu_t, b_t] on h_t. The backward runs only
-    the recurrence step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
+    as one product [mu_t, b_t] on h_t. The backward runs only the recurrence
+    step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
     and each weight's gradient is one matrix product over all T steps (autograd
     would do T small ones).
     Gradients: the location and baseline networks read h_t detached (as in the
     paper), so only h_T, through the action network, carries a gradient into the
     core; the means and baselines carry theirs into their own weights only. The
     samples and locations have none, and images need none.
+    For T >= 2 glimpses (one glimpse samples no location: RAM runs its plain loop).
     Returns h_T (B, hidden), the heads [mu_t (2), b_t] (T-1, B, 3) and, without
     gradient, the locations (T, B, 2) and the samples (T-1, B, 2).
     """
@@ -174,7 +175,7 @@ class RNNEpisode(torch.autograd.Function):
             d_h = d_last if t == steps - 1 else d_pre[t + 1] @ w_hh
             torch.ops.aten.threshold_backward.grad_input(d_h, hs[t], 0, grad_input=d_pre[t])
         d_w_ig = flat(d_pre).t() @ flat(gs)
-        d_w_hh = flat(d_pre[1:]).t() @ flat(hs[:-1]) if steps > 1 else torch.zeros_like(w_hh)
+        d_w_hh = flat(d_pre[1:]).t() @ flat(hs[:-1])
         d_w_core, d_b_core = torch.cat((d_w_ig, d_w_hh), 1), flat(d_pre).sum(0)
         d_g = torch.ops.aten.threshold_backward(flat(d_pre) @ w_core[:, :g_size], flat(gs), 0)
         d_w_out, d_b_out = d_g.t() @ flat(y), d_g.sum(0)

@@ -1,0 +1,74 @@
+"""RNNEpisode (RAM's fused episode) against the plain autograd loop: training steps, same weights, one process.
+
+    python experiments/fused_vs_plain.py experiment=ram_mnist [trainer.batch_size=512]
+
+The two take turns in 15 rounds of 10 steps each, so a drift in the machine's
+speed hits both alike; prints the median images/s of each and the per-round ratio.
+(experiments/results/bench/fused_vs_plain_b128.txt holds its output.)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from glimpse.config import compose_config
+from glimpse.data import GlimpseData, seeded
+from glimpse.models import build_model
+from glimpse.objectives import hybrid_loss
+from glimpse.train import make_optimizer
+
+ROUNDS, STEPS = 15, 10
+
+
+def training_step(cfg, data: GlimpseData, fused: bool) -> Callable[[], None]:
+    """One training step of a fresh model (seed 0), with RNNEpisode or with the plain loop."""
+    torch.manual_seed(0)
+    model = build_model(cfg, data.image_shape, data.classes)
+    model.fused = fused
+    optimizer, _ = make_optimizer(model, cfg)
+    gen, m, b = seeded(0, "fused_vs_plain"), cfg.model, cfg.trainer.batch_size
+
+    def batches():
+        while True:
+            yield from data.train_batches(b, gen)
+
+    stream = batches()
+
+    def step() -> None:
+        images, labels = next(stream)
+        loss, _ = hybrid_loss(model(images, generator=gen), labels, m.reinforce_weight, m.baseline_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(overrides: list[str]) -> str:
+    cfg = compose_config(overrides or ["experiment=ram_mnist"])
+    data = GlimpseData(cfg.data, 0, torch.device("cpu"))
+    steps = {"plain": training_step(cfg, data, False), "fused": training_step(cfg, data, True)}
+    for step in steps.values():  # warm-up
+        for _ in range(STEPS):
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(ROUNDS):
+        for name, step in steps.items():
+            tic = time.perf_counter()
+            for _ in range(STEPS):
+                step()
+            seconds[name].append((time.perf_counter() - tic) / STEPS)
+    b = cfg.trainer.batch_size
+    ratios = [p / f for p, f in zip(seconds["plain"], seconds["fused"])]
+    rates = ", ".join(f"{name} {b / statistics.median(s):,.0f}" for name, s in seconds.items())
+    return (f"{' '.join(overrides)} batch {b}: images/s (medians of {ROUNDS} alternating rounds of {STEPS} steps): {rates}; "
+            f"fused / plain per round: median {statistics.median(ratios):.3f}, range {min(ratios):.2f}-{max(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:]))

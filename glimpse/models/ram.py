@@ -276,7 +276,7 @@ class RAM(nn.Module):
     def outcome(self, h_last: Tensor, locations: Tensor, samples: Tensor, means: Tensor, baselines: Tensor) -> Episode:
         """The Episode from h_T, the locations (B, T, 2), and the samples, means (T-1, B, 2) and baselines (T-1, B).
 
-        Time-major in, batch-major out: the heads read the states as they lie in memory.
+        Time-major in, as both loops produce them; batch-major out, as Episode holds them.
         """
         log_pi = self.location_net.log_prob(samples, means)
         return Episode(self.action_net(h_last), locations, log_pi.t(), baselines.t(), means.transpose(0, 1))

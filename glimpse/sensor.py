@@ -77,17 +77,27 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
     return out.view(b, c, n, -1)
 
 
+def _with_n(locations: Tensor) -> tuple[Tensor, bool]:
+    """`locations` as (B, N, 2) for `read`, and whether they came so ((B, 2) is one location per image)."""
+    many = locations.dim() == 3
+    return (locations if many else locations[:, None]), many
+
+
+def _patches(points: Tensor, side: int, scales: int, many: bool) -> Tensor:
+    """`read`'s (B, C, N, scales * side^2) as (B, N, scales, C, side, side); without N, (B, scales, C, side, side)."""
+    b, c, n = points.shape[:3]
+    out = points.view(b, c, n, scales, side, side).permute(0, 2, 3, 1, 4, 5)
+    return out if many else out[:, 0]
+
+
 def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     """The side x side windows of `images` (B, C, H, W) centred on `locations` (B, 2) or (B, N, 2), zero outside.
 
     Returns (B, C, side, side), or (B, N, C, side, side) for N locations per image.
     Nearest-neighbour reads at the pixels' centres: each value is a pixel, exactly.
     """
-    b, c = images.shape[:2]
-    many = locations.dim() == 3
-    locs = locations if many else locations[:, None]
-    pixels = read(images, locs, (side,), (side,), "nearest").view(b, c, locs.shape[1], side, side)
-    return pixels.transpose(1, 2) if many else pixels[:, :, 0]
+    locs, many = _with_n(locations)
+    return _patches(read(images, locs, (side,), (side,), "nearest"), side, 1, many).select(-4, 0)
 
 
 def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...], snap: bool = True) -> Tensor:
@@ -102,12 +112,8 @@ def sample(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]
     With snap=False the patch origin is not rounded to a whole pixel, so the
     output is differentiable with respect to the location (differentiable glimpses).
     """
-    b, c = images.shape[:2]
-    many = locations.dim() == 3
-    locs = locations if many else locations[:, None]
-    out = read(images, locs, (patch,) * len(sides), sides, "bilinear", snap)
-    out = out.view(b, c, locs.shape[1], len(sides), patch, patch).permute(0, 2, 3, 1, 4, 5)
-    return out if many else out[:, 0]
+    locs, many = _with_n(locations)
+    return _patches(read(images, locs, (patch,) * len(sides), sides, "bilinear", snap), patch, len(sides), many)
 
 
 def area(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) -> Tensor:
@@ -115,20 +121,14 @@ def area(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) 
 
     For an integer ratio side / patch each output pixel is exactly the mean of its block.
     """
-    b, c = images.shape[:2]
-    many = locations.dim() == 3
-    locs = locations if many else locations[:, None]
-    n = locs.shape[1]
+    locs, many = _with_n(locations)
     pixels = read(images, locs, sides, sides, "nearest")  # (B, C, N, sum side^2)
-    if len(sides) > 1 or sides[0] != patch:
-        parts, first = [], 0
-        for side in sides:
-            window = pixels[..., first : first + side * side]
-            first += side * side
-            parts.append(window if side == patch else F.adaptive_avg_pool2d(window.reshape(-1, side, side), patch).view(b, c, n, -1))
-        pixels = torch.cat(parts, -1)
-    out = pixels.view(b, c, n, len(sides), patch, patch).permute(0, 2, 3, 1, 4, 5)
-    return out if many else out[:, 0]
+    parts, first = [], 0
+    for side in sides:
+        window = pixels[..., first : first + side * side]
+        first += side * side
+        parts.append(window if side == patch else F.adaptive_avg_pool2d(window.reshape(-1, side, side), patch).view(*window.shape[:3], -1))
+    return _patches(torch.cat(parts, -1) if len(parts) > 1 else parts[0], patch, len(sides), many)
 
 
 RESIZES = ("area", "bilinear")

@@ -109,12 +109,15 @@ def make_canvas(
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
         # Flat positions of every piece pixel, in the pool (where it is cut) and on the canvas (where it goes):
-        # each piece's corner plus the offsets of its C x d x d pixels; index_add_ sums where pieces overlap.
+        # each piece's top-left corner plus the offsets of its C x d x d pixels; index_add_ sums where pieces overlap.
         within = torch.arange(d, device=dev)
-        channels = torch.arange(c, device=dev)[:, None, None]
-        src = ((other * c * h + cy) * w + cx)[:, :, None] + (channels * h * w + within[:, None] * w + within).flatten()
-        dst = ((rows[:, None] * c * size + py) * size + px)[:, :, None] + (channels * size * size + within[:, None] * size + within).flatten()
-        canvas.view(-1).index_add_(0, dst.flatten(), pool.view(-1).take(src).flatten().div(255))
+
+        def flat(image: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
+            offsets = torch.arange(c, device=dev)[:, None, None] * height * width + within[:, None] * width + within
+            return (((image * c * height + top) * width + left)[:, :, None] + offsets.flatten()).flatten()
+
+        pieces = pool.view(-1).take(flat(other, cy, cx, h, w)).div(255)
+        canvas.view(-1).index_add_(0, flat(rows[:, None], py, px, size, size), pieces)
     return canvas.clamp_(max=1.0)
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
+from glimpse.bench import interleaved
 from glimpse.config import compose_config
 from glimpse.data import GlimpseData, seeded
 from glimpse.models import build_model
@@ -53,16 +53,7 @@ def main(overrides: list[str]) -> str:
     cfg = compose_config(overrides or ["experiment=ram_mnist"])
     data = GlimpseData(cfg.data, 0, torch.device("cpu"))
     steps = {"plain": training_step(cfg, data, False), "fused": training_step(cfg, data, True)}
-    for step in steps.values():  # warm-up
-        for _ in range(STEPS):
-            step()
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(ROUNDS):
-        for name, step in steps.items():
-            tic = time.perf_counter()
-            for _ in range(STEPS):
-                step()
-            seconds[name].append((time.perf_counter() - tic) / STEPS)
+    seconds = interleaved(steps, STEPS, ROUNDS, torch.device("cpu"))  # a warm-up round first, dropped
     b = cfg.trainer.batch_size
     ratios = [p / f for p, f in zip(seconds["plain"], seconds["fused"])]
     rates = ", ".join(f"{name} {b / statistics.median(s):,.0f}" for name, s in seconds.items())

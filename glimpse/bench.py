@@ -88,18 +88,18 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         first_images, first_labels = next(stream)
 
     inside: list[tuple[float, float, float]] = []  # per training step: data, sensor and whole-step seconds
-    in_sensor = [0.0, 0.0]  # the running call's start, the step's sum
+    clock = {"start": 0.0, "sensor": 0.0}  # the running sensor call's start; the step's sensor seconds so far
 
     def train_step():
         tic = time.perf_counter()
         images, labels = next(stream)
         drawn = time.perf_counter()
-        in_sensor[1] = 0.0
+        clock["sensor"] = 0.0
         loss, _ = hybrid_loss(model(images, generator=gen), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        inside.append((drawn - tic, in_sensor[1], time.perf_counter() - tic))
+        inside.append((drawn - tic, clock["sensor"], time.perf_counter() - tic))
 
     def data_step():
         next(stream)
@@ -107,8 +107,14 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     sensor = getattr(model, "sensor", None)
     cpu = device.type == "cpu"  # CPU ops run synchronously: a clock inside the step sees their work (elsewhere: timed alone)
     if cpu and sensor is not None:
-        sensor.register_forward_pre_hook(lambda *_: in_sensor.__setitem__(0, time.perf_counter()))
-        sensor.register_forward_hook(lambda *_: in_sensor.__setitem__(1, in_sensor[1] + time.perf_counter() - in_sensor[0]))
+        def started(*_) -> None:
+            clock["start"] = time.perf_counter()
+
+        def finished(*_) -> None:
+            clock["sensor"] += time.perf_counter() - clock["start"]
+
+        sensor.register_forward_pre_hook(started)
+        sensor.register_forward_hook(finished)
     locations = torch.rand(m.get("glimpses", 1), b, 2, generator=gen, device=device) * 2 - 1
 
     def sensor_step():

@@ -127,14 +127,15 @@ class RNNEpisode(torch.autograd.Function):
     def forward(ctx, images: Tensor, loc: Tensor, noise: Tensor | None, sensor: Sensor, steps: int, w_what: Tensor, b_what: Tensor,
                 w_where: Tensor, b_where: Tensor, w_out: Tensor, b_out: Tensor, w_core: Tensor, b_core: Tensor,
                 w_loc: Tensor, b_loc: Tensor, w_base: Tensor, b_base: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        b, p, g_size = images.shape[0], w_what.shape[1], w_out.shape[0]
+        b, (what, p), g_size = images.shape[0], w_what.shape, w_out.shape[0]
         new = images.new_empty
+        # products read x @ W.t(): the transposes once, not every step
+        w_what_t, w_where_t, w_out_t = w_what.t(), w_where.t(), w_out.t()
         w_ig, w_hh = w_core[:, :g_size].t(), w_core[:, g_size:].t()
         w_heads, b_heads = torch.cat((w_loc, w_base)).t(), torch.cat((b_loc, b_base))  # [mu, b] from h
         inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
         # Each layer's outputs for all steps start as its bias (one copy each); the products add into them.
         y = torch.cat((b_what, b_where)).expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
-        what = w_what.shape[0]
         gs = b_out.expand(steps, b, -1).clone()
         hs = b_core.expand(steps, b, -1).clone()
         heads = new(steps - 1, b, 3)
@@ -142,10 +143,10 @@ class RNNEpisode(torch.autograd.Function):
         inputs[0, :, p:] = loc
         for t, (x, y_t, g, h) in enumerate(zip(inputs, y, gs, hs)):
             x[:, :p] = sensor(images, x[:, p:]).reshape(b, p)
-            y_t[:, :what].addmm_(x[:, :p], w_what.t())
-            y_t[:, what:].addmm_(x[:, p:], w_where.t())
+            y_t[:, :what].addmm_(x[:, :p], w_what_t)
+            y_t[:, what:].addmm_(x[:, p:], w_where_t)
             y_t.relu_()
-            g.addmm_(y_t, w_out.t()).relu_()
+            g.addmm_(y_t, w_out_t).relu_()
             h.addmm_(g, w_ig)
             if t:  # h_0 = 0: the first step has no recurrent term
                 h.addmm_(hs[t - 1], w_hh)
@@ -166,9 +167,10 @@ class RNNEpisode(torch.autograd.Function):
         inputs, y, gs, hs, heads, w_out, w_core = ctx.saved_tensors
         steps, p, g_size, what = hs.shape[0], inputs.shape[2] - 2, w_out.shape[0], ctx.what
         flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
-        # the heads: mu = tanh(pre), b = pre (linear), both on the detached h_t
-        d_pre_heads = flat(d_heads * torch.cat((1 - heads[..., :2] ** 2, torch.ones_like(heads[..., 2:])), -1))
-        d_w_heads, d_b_heads = d_pre_heads.t() @ flat(hs[:-1]), d_pre_heads.sum(0)
+        # the heads on the detached h_t: b_t = pre passes its gradient as it is, mu_t = tanh(pre) scales it by 1 - mu^2
+        d_pre_heads = d_heads.clone()
+        d_pre_heads[..., :2] *= 1 - heads[..., :2] ** 2
+        d_w_heads, d_b_heads = flat(d_pre_heads).t() @ flat(hs[:-1]), flat(d_pre_heads).sum(0)
         w_hh = w_core[:, g_size:]
         d_pre = torch.empty_like(hs)  # dL/d(pre-activation of h_t)
         for t in reversed(range(steps)):

@@ -109,7 +109,8 @@ def make_canvas(
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
         # Flat positions of every piece pixel, in the pool (where it is cut) and on the canvas (where it goes):
-        # each piece's top-left corner plus the offsets of its C x d x d pixels; index_add_ sums where pieces overlap.
+        # each piece's top-left corner plus the offsets of its C x d x d pixels; scatter_add_ sums where pieces overlap
+        # (in index order, one thread: the same sums as index_add_, bit for bit, in half the time).
         within = torch.arange(d, device=dev)
 
         def flat(image: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
@@ -117,7 +118,7 @@ def make_canvas(
             return (((image * c * height + top) * width + left)[:, :, None] + offsets.flatten()).flatten()
 
         pieces = pool.view(-1).take(flat(other, cy, cx, h, w)).div(255)
-        canvas.view(-1).index_add_(0, flat(rows[:, None], py, px, size, size), pieces)
+        canvas.view(-1).scatter_add_(0, flat(rows[:, None], py, px, size, size), pieces)
     return canvas.clamp_(max=1.0)
 
 
@@ -180,7 +181,7 @@ class GlimpseData:
 
     def draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
         """Float images in [0, 1]: the originals, or canvases drawn with `generator`."""
-        images = split.images[idx]
+        images = split.images.index_select(0, idx)  # whole rows: ~10x faster than split.images[idx] for uint8
         if not self.canvas:
             return images.div(255)
         position = self.cfg.get("position")
@@ -207,7 +208,7 @@ class GlimpseData:
         if generator_state is not None:
             generator.set_state(generator_state)
         for idx in order.split(batch_size)[start:]:
-            yield self.draw(self.train, idx, generator), self.train.labels[idx]
+            yield self.draw(self.train, idx, generator), self.train.labels.index_select(0, idx)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Validation or test in a fixed order, the same canvases every time."""

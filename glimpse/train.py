@@ -200,7 +200,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "pixels_per_image": test["pixels_per_image"],
         "glimpses": m.get("glimpses"), "device": str(device), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
     }
-    log_hparams(writer, cfg, hparam_metrics(metrics), t.epochs * steps_per_epoch)  # also the test/ scalars
+    # The test/ scalars one step after the last epoch's: a run killed before metrics.json resumes with
+    # purge_step = that epoch's step + 1, which drops them, so they are written once, not twice.
+    log_hparams(writer, cfg, hparam_metrics(metrics), t.epochs * steps_per_epoch + 1)
     writer.close()
     checkpoint.atomic_write(run_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,22 @@ def test_sigkill_at_random_moments_then_resume_gives_bit_identical_results(unint
         assert curves(run_dir) == curves(uninterrupted), name
         assert not list((run_dir / "checkpoints").glob(".*.tmp")), "stale temp files left behind"
     assert any(mid_epoch), "no kill resumed from a mid-epoch checkpoint"
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_run_killed_after_its_test_but_before_metrics_json_resumes_to_one_test_event(uninterrupted, tmp_path):
+    # The window between writing the test/ scalars and metrics.json is too short to hit with a kill: make it by hand.
+    run_dir = tmp_path / "killed_at_the_end"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "metrics.json").unlink()
+    finish(start_training(run_dir, "trainer.resume=true"))
+
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    reference = json.loads((uninterrupted / "metrics.json").read_text())
+    assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}
+    assert curves(run_dir) == curves(uninterrupted)  # test/error once, not twice
+    assert len(curves(run_dir)["test/error"]) == 1
 
 
 @needs_mnist

@@ -110,7 +110,7 @@ def make_canvas(
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
         # Flat positions of every piece pixel, in the pool (where it is cut) and on the canvas (where it goes):
         # each piece's top-left corner plus the offsets of its C x d x d pixels; scatter_add_ sums where pieces overlap
-        # (in index order, one thread: the same sums as index_add_, bit for bit, in half the time).
+        # (on the CPU in index order, as index_add_ did: the same sums bit for bit, in half the time).
         within = torch.arange(d, device=dev)
 
         def flat(image: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:

@@ -26,10 +26,18 @@ def patch_sides(patch: int, scales: int, scale_factor: float) -> list[int]:
     return [int(round(patch * scale_factor**i)) for i in range(scales)]
 
 
+def _shift(half: Tensor, side: int) -> Tensor:
+    """The window's origin is floor(l * half + shift) in pixels: (l + 1) * half - side / 2, plus 0.5 to round."""
+    return half - (side / 2 - 0.5)
+
+
 def patch_origins(locations: Tensor, side: int, height: int, width: int) -> Tensor:
-    """Top-left pixel (column, row) of the side x side patches centred on `locations` (B, 2), as int64 (B, 2)."""
+    """Top-left pixel (column, row) of the side x side patches centred on `locations` (B, 2), as int64 (B, 2).
+
+    The very expression `read` uses, so that pictures and pixel counts agree with the sensor to the last bit.
+    """
     half = locations.new_tensor([width / 2, height / 2])
-    return torch.floor((locations + 1) * half - (side / 2 - 0.5)).long()
+    return torch.addcmul(_shift(half, side), locations, half).floor_().long()
 
 
 @functools.lru_cache(maxsize=64)
@@ -45,7 +53,7 @@ def _lattice(counts: tuple[int, ...], sides: tuple[int, ...], height: int, width
     and y, divided by half, to the x and y of every point of that scale.
     """
     half = torch.tensor([width / 2, height / 2], device=device, dtype=dtype)
-    shift = torch.stack([half - (side / 2 - 0.5) for side in sides])  # (S, 2): origin = floor(l * half + shift)
+    shift = torch.stack([_shift(half, side) for side in sides])  # (S, 2)
     total = sum(n * n for n in counts)
     spread = torch.zeros(len(sides), 2, total, 2, device=device, dtype=dtype)
     bases, first = [], 0

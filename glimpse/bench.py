@@ -139,11 +139,16 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     t.setdefault("sensor", [0.0] * repeats)
     med = {name: statistics.median(v) for name, v in t.items()}
     step = med["train"]
-    # shares inside the steps, one figure per repeat (the warm-up round's steps dropped)
-    rounds = [inside[steps * (r + 1) : steps * (r + 2)] for r in range(repeats)]
-    within = {part: [sum(x[i] for x in rnd) / sum(x[2] for x in rnd) for rnd in rounds] for i, part in enumerate(("data", "sensor"))}
-    per_step = {part: [sum(x[i] for x in rnd) / len(rnd) for rnd in rounds] for i, part in enumerate(("data", "sensor"))}
-    alone = lambda part: statistics.median(p / s for p, s in zip(t[part], t["train"]))  # noqa: E731
+    parts_timed = ("data", "sensor")
+    # each part timed alone (the data stream; the sensor's T calls on one warm batch), over the step
+    alone = {part: statistics.median(p / s for p, s in zip(t[part], t["train"])) for part in parts_timed}
+    if cpu:  # inside the training steps: each repeat's summed data, sensor and step seconds (the warm-up round's dropped)
+        sums = [[sum(column) for column in zip(*inside[steps * (r + 1) : steps * (r + 2)])] for r in range(repeats)]
+        per_step = {part: statistics.median(s[i] / steps for s in sums) for i, part in enumerate(parts_timed)}
+        share = {part: statistics.median(s[i] / s[2] for s in sums) for i, part in enumerate(parts_timed)}
+        both = statistics.median((s[0] + s[1]) / s[2] for s in sums)
+    else:  # kernels run asynchronously: a clock inside the step would not see them
+        per_step, share, both = {part: med[part] for part in parts_timed}, alone, alone["data"] + alone["sensor"]
     macs = macs_per_image(model, first_images[:8])
     flops = 6 * macs * b  # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
     peak = 2 * b * 512 * 256 / med["matmul"] / 1e9
@@ -155,18 +160,15 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         "train_images_per_second_repeats": [round(b / s, 1) for s in t["train"]],
         "inference_images_per_second": b / med["infer"],
         "step_ms": 1e3 * step,
-        # on the CPU inside the training steps (medians over repeats of each repeat's sums); elsewhere timed alone
         "shares_timed": "inside the training steps" if cpu else "alone",
-        "data_ms": 1e3 * (statistics.median(per_step["data"]) if cpu else med["data"]),
-        "sensor_ms": 1e3 * (statistics.median(per_step["sensor"]) if cpu else med["sensor"]),
-        "data_share": statistics.median(within["data"]) if cpu else alone("data"),
-        "sensor_share": statistics.median(within["sensor"]) if cpu else alone("sensor"),
-        "data_plus_sensor_share": statistics.median(d + s for d, s in zip(within["data"], within["sensor"])) if cpu
-        else alone("data") + alone("sensor"),
-        # the same parts timed alone (the data stream; the sensor's T calls on one batch, warm), over the step
+        "data_ms": 1e3 * per_step["data"],
+        "sensor_ms": 1e3 * per_step["sensor"],
+        "data_share": share["data"],
+        "sensor_share": share["sensor"],
+        "data_plus_sensor_share": both,
         "data_alone_ms": 1e3 * med["data"],
         "sensor_alone_ms": 1e3 * med["sensor"],
-        "data_plus_sensor_alone_share": alone("data") + alone("sensor"),
+        "data_plus_sensor_alone_share": alone["data"] + alone["sensor"],
         "macs_per_image": macs,
         "train_gflop_per_second": flops / step / 1e9,
         "matmul_gflop_per_second": peak,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from glimpse.bench import interleaved
+from glimpse.bench import endless_batches, interleaved
 from glimpse.config import compose_config
 from glimpse.data import GlimpseData, seeded
 from glimpse.models import build_model
@@ -32,12 +32,7 @@ def training_step(cfg, data: GlimpseData, fused: bool) -> Callable[[], None]:
     model.fused = fused
     optimizer, _ = make_optimizer(model, cfg)
     gen, m, b = seeded(0, "fused_vs_plain"), cfg.model, cfg.trainer.batch_size
-
-    def batches():
-        while True:
-            yield from data.train_batches(b, gen)
-
-    stream = batches()
+    stream = endless_batches(data, b, gen)
 
     def step() -> None:
         images, labels = next(stream)

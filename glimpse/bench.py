@@ -28,9 +28,10 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+from torch import Tensor
 
 from glimpse.accounting import macs_per_image, params
 from glimpse.config import compose_config, validate
@@ -68,6 +69,12 @@ def interleaved(parts: dict[str, Callable[[], object]], steps: int, repeats: int
     return out
 
 
+def endless_batches(data: GlimpseData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """Training batches epoch after epoch, for as many steps as a benchmark takes."""
+    while True:
+        yield from data.train_batches(batch_size, generator)
+
+
 def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     validate(cfg)
     device = resolve_device(cfg.device)
@@ -77,12 +84,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     optimizer, _ = make_optimizer(model, cfg)
     b, m = cfg.trainer.batch_size, cfg.model
     gen = seeded(cfg.seed, "bench", device=device)
-
-    def batches():
-        while True:
-            yield from data.train_batches(b, gen)
-
-    stream = batches()
+    stream = endless_batches(data, b, gen)
     first_images, first_labels = next(stream)
     while len(first_labels) < b:  # a short last batch would skew the figures
         first_images, first_labels = next(stream)

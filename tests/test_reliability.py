@@ -67,6 +67,14 @@ def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for tag in ("train/loss/ce", "train/loss/reinforce", "val/error", "val/error_greedy", "test/error")}
 
 
+def assert_same_results(run_dir: Path, reference_dir: Path, name: str) -> None:
+    """metrics.json's figures and the TensorBoard curves equal the uninterrupted run's: the killed run's events
+    after its checkpoint were purged, none is doubled."""
+    resumed, reference = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference_dir))
+    assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}, name
+    assert curves(run_dir) == curves(reference_dir), name
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(path)["model"]
 
@@ -81,7 +89,6 @@ def uninterrupted(tmp_path_factory) -> Path:
 @needs_mnist
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_bit_identical_results(uninterrupted, tmp_path):
-    reference = json.loads((uninterrupted / "metrics.json").read_text())
     rng = random.Random(7)
     kills = {
         # before the first checkpoint (still importing torch): resume starts over
@@ -105,13 +112,10 @@ def test_sigkill_at_random_moments_then_resume_gives_bit_identical_results(unint
             mid_epoch.append(checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["batch"] > 0)
         finish(start_training(run_dir, "trainer.resume=true"))
 
-        resumed = json.loads((run_dir / "metrics.json").read_text())
-        assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}, name
+        assert_same_results(run_dir, uninterrupted, name)
         for which in ("last.pt", "best.pt"):
             a, b = weights(run_dir / "checkpoints" / which), weights(uninterrupted / "checkpoints" / which)
             assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: {which} differs"
-        # TensorBoard: the killed run's events after its checkpoint are purged; the curves are the uninterrupted ones
-        assert curves(run_dir) == curves(uninterrupted), name
         assert not list((run_dir / "checkpoints").glob(".*.tmp")), "stale temp files left behind"
     assert any(mid_epoch), "no kill resumed from a mid-epoch checkpoint"
 
@@ -125,10 +129,7 @@ def test_a_run_killed_after_its_test_but_before_metrics_json_resumes_to_one_test
     (run_dir / "metrics.json").unlink()
     finish(start_training(run_dir, "trainer.resume=true"))
 
-    resumed = json.loads((run_dir / "metrics.json").read_text())
-    reference = json.loads((uninterrupted / "metrics.json").read_text())
-    assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}
-    assert curves(run_dir) == curves(uninterrupted)  # test/error once, not twice
+    assert_same_results(run_dir, uninterrupted, "killed at the end")  # test/error once, not twice
     assert len(curves(run_dir)["test/error"]) == 1
 
 

@@ -77,7 +77,7 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
     b, c, h, w = images.shape
     n = locations.shape[1]
     half, shift, base, spread = _lattice(counts, sides, h, w, images.device, images.dtype)
-    origin = torch.addcmul(shift, locations[:, :, None, :], half)  # (B, N, S, 2), in pixels
+    origin = torch.addcmul(shift, locations.unsqueeze(2), half)  # (B, N, S, 2), in pixels
     # shift holds +0.5 so that floor rounds to the nearest pixel; unsnapped, the window is centred exactly
     origin = origin.floor_() if snap else origin - 0.5
     grid = torch.addmm(base, origin.reshape(b * n, -1), spread)  # (B * N, points * 2)
@@ -88,14 +88,14 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
 def _with_n(locations: Tensor) -> tuple[Tensor, bool]:
     """`locations` as (B, N, 2) for `read`, and whether they came so ((B, 2) is one location per image)."""
     many = locations.dim() == 3
-    return (locations if many else locations[:, None]), many
+    return (locations if many else locations.unsqueeze(1)), many
 
 
 def _patches(points: Tensor, side: int, scales: int, many: bool) -> Tensor:
     """`read`'s (B, C, N, scales * side^2) as (B, N, scales, C, side, side); without N, (B, scales, C, side, side)."""
     b, c, n = points.shape[:3]
     out = points.view(b, c, n, scales, side, side).permute(0, 2, 3, 1, 4, 5)
-    return out if many else out[:, 0]
+    return out if many else out.select(1, 0)
 
 
 def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
@@ -131,6 +131,8 @@ def area(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) 
     """
     locs, many = _with_n(locations)
     pixels = read(images, locs, sides, sides, "nearest")  # (B, C, N, sum side^2)
+    if sides == (patch,):  # one scale at full resolution: the pixels are the patch
+        return _patches(pixels, patch, 1, many)
     parts, first = [], 0
     for side in sides:
         window = pixels[..., first : first + side * side]

@@ -19,8 +19,7 @@ from glimpse.bench import endless_batches, interleaved
 from glimpse.config import compose_config
 from glimpse.data import GlimpseData, seeded
 from glimpse.models import build_model
-from glimpse.objectives import hybrid_loss
-from glimpse.train import make_optimizer
+from glimpse.train import make_optimizer, train_step
 
 ROUNDS, STEPS = 15, 10
 
@@ -36,10 +35,7 @@ def training_step(cfg, data: GlimpseData, fused: bool) -> Callable[[], None]:
 
     def step() -> None:
         images, labels = next(stream)
-        loss, _ = hybrid_loss(model(images, generator=gen), labels, m.reinforce_weight, m.baseline_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, labels, gen, m)
 
     return step
 

@@ -10,8 +10,8 @@ at a random place on a blank canvas), the greedy inference seconds per image and
 the MACs per image (FlopCounterMode), as JSON.
 
 Times, for the configured model and data, on the configured device:
-- training images/s: whole steps (canvas generation, forward, hybrid loss,
-  backward, Adam), warm-up excluded, the median of R repeats of N steps;
+- training images/s: whole steps (canvas generation, then `glimpse.train.train_step`:
+  forward, hybrid loss, backward, the finiteness check, Adam), warm-up excluded, the median of R repeats of N steps;
 - inference images/s: greedy-policy forward at the same batch size;
 - the share of a training step spent generating the batch and in the sensor,
   both timed inside the training steps themselves (the sensor's T calls by
@@ -38,8 +38,7 @@ from glimpse.config import compose_config, validate
 from glimpse.data import GlimpseData, default_root, load_source, make_canvas, seeded
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS, build_model
-from glimpse.objectives import hybrid_loss
-from glimpse.train import make_optimizer, resolve_device
+from glimpse.train import make_optimizer, resolve_device, train_step
 
 
 def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
@@ -92,15 +91,12 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     inside: list[tuple[float, float, float]] = []  # per training step: data, sensor and whole-step seconds
     clock = {"start": 0.0, "sensor": 0.0}  # the running sensor call's start; the step's sensor seconds so far
 
-    def train_step():
+    def training():
         tic = time.perf_counter()
         images, labels = next(stream)
         drawn = time.perf_counter()
         clock["sensor"] = 0.0
-        loss, _ = hybrid_loss(model(images, generator=gen), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, labels, gen, m)
         inside.append((drawn - tic, clock["sensor"], time.perf_counter() - tic))
 
     def data_step():
@@ -133,7 +129,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     # This machine's fp32 matrix-product rate at the core network's shape, timed beside the steps, so
     # that figures taken at different times on a shared machine compare as fractions of what it gave then.
     a, w = torch.randn(b, 512, device=device), torch.randn(512, 256, device=device)
-    parts = {"train": train_step, "data": data_step, "infer": infer_step, "matmul": lambda: a @ w}
+    parts = {"train": training, "data": data_step, "infer": infer_step, "matmul": lambda: a @ w}
     if sensor is not None:
         parts["sensor"] = sensor_step
     model.train()

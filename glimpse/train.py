@@ -54,6 +54,26 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> tuple[torch.optim
     return opt, sched
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               generator: torch.Generator, m: DictConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+    """One Adam step on the hybrid loss of one episode; skipped when the loss or a gradient is not finite.
+
+    Returns the loss, its terms (detached) and whether the weights were updated. The benchmark times
+    this very function, so its figures include everything a training step does.
+    """
+    episode = model(images, generator=generator)
+    loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # One sync per step; a NaN/inf must never reach the weights or the checkpoints. A sum is finite
+    # only if every term is (or it overflows, as a norm would), and costs half of get_total_norm.
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    finite = bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss))
+    if finite:
+        optimizer.step()
+    return loss, terms, finite
+
+
 # Keys that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every_minutes", "trainer.visual_every",
                      "trainer.visual_images", "data.root", "data.download")
@@ -114,7 +134,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=last_epoch_end + 1 if t.resume else None)
     every = t.checkpoint_every_minutes * 60
     last_saved = time.monotonic()
-    weights = [p for p in model.parameters() if p.requires_grad]
     shown = next(data.eval_batches("val", t.visual_images))  # the same validation images in every picture
     bar = tqdm(range(progress["epoch"], t.epochs), initial=progress["epoch"], total=t.epochs, desc=f"{m.name} {cfg.data.name}",
                disable=not t.progress, dynamic_ncols=True)
@@ -128,12 +147,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         model.train()
         tic = time.perf_counter()
         for batch, (images, labels) in enumerate(batches, start=start + 1):
-            episode = model(images, generator=gen)
-            loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # One sync per step; a NaN/inf must never reach the weights or the checkpoints.
-            if not torch.isfinite(loss + torch.nn.utils.get_total_norm([p.grad for p in weights if p.grad is not None])):
+            loss, terms, finite = train_step(model, optimizer, images, labels, gen, m)
+            if not finite:
                 if t.on_nonfinite == "stop":
                     raise NonFiniteError(
                         f"training stopped: non-finite loss or gradient (loss {loss.item()}) at epoch {epoch + 1}, batch {batch}; "
@@ -141,7 +156,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                         "lower trainer.lr, or set trainer.on_nonfinite=skip to skip such batches")
                 skipped += 1
                 continue
-            optimizer.step()
             for k, v in terms.items():  # summed on the device: no sync per step
                 sums[k] = sums.get(k, 0) + v.detach() * len(labels)
             n += len(labels)

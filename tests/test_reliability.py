@@ -186,6 +186,30 @@ def test_nonfinite_batches_can_be_skipped_and_counted(tmp_path, monkeypatch):
     assert skipped == [1, 1, 0]
 
 
+def test_a_step_with_a_nonfinite_gradient_but_a_finite_loss_leaves_weights_and_adam_untouched():
+    from glimpse.models import build_model
+    from glimpse.train import make_optimizer, train_step
+
+    cfg = make_cfg("model.glimpses=3")
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 28, 28), 10)
+    optimizer, _ = make_optimizer(model, cfg)
+    images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    train_step(model, optimizer, images, labels, torch.Generator().manual_seed(0), cfg.model)  # Adam has state now
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adam_before = [s["step"].clone() for s in optimizer.state.values()]
+
+    hook = model.core.cell.weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([3]), torch.inf))
+    loss, _, finite = train_step(model, optimizer, images, labels, torch.Generator().manual_seed(1), cfg.model)
+    assert torch.isfinite(loss) and not finite
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [s["step"] for s in optimizer.state.values()] == adam_before
+
+    hook.remove()
+    assert train_step(model, optimizer, images, labels, torch.Generator().manual_seed(1), cfg.model)[2]
+    assert not torch.equal(before["core.cell.weight"], model.core.cell.weight)
+
+
 class RunsCode:
     """A pickle that would run code when loaded without weights_only."""
 

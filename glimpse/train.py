@@ -58,8 +58,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
                generator: torch.Generator, m: DictConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
     """One Adam step on the hybrid loss of one episode; skipped when the loss or a gradient is not finite.
 
-    Returns the loss, its terms (detached) and whether the weights were updated. The benchmark times
-    this very function, so its figures include everything a training step does.
+    Returns the loss, its terms (detached) and whether the weights were updated. `glimpse.bench`
+    times this very function (the loop's running sums of the terms, a few small additions, it does not).
     """
     episode = model(images, generator=generator)
     loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))

@@ -68,7 +68,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     # One sync per step; a NaN/inf must never reach the weights or the checkpoints. A sum is finite
     # only if every term is (or it overflows, as a norm would), and costs half of get_total_norm.
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    finite = bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss))
+    finite = bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss.detach()))
     if finite:
         optimizer.step()
     return loss, terms, finite

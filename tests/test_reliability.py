@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from glimpse import checkpoint
 from glimpse.errors import UserError
-from glimpse.train import NonFiniteError, train
+from glimpse.models import build_model
+from glimpse.train import NonFiniteError, make_optimizer, train, train_step
 from tests.conftest import data_root, make_cfg, needs_mnist
 
 # Small enough for seconds, with a mid-epoch checkpoint every ~30 ms: kills land in steps and in checkpoint writes.
@@ -187,9 +188,6 @@ def test_nonfinite_batches_can_be_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_a_step_with_a_nonfinite_gradient_but_a_finite_loss_leaves_weights_and_adam_untouched():
-    from glimpse.models import build_model
-    from glimpse.train import make_optimizer, train_step
-
     cfg = make_cfg("model.glimpses=3")
     torch.manual_seed(0)
     model = build_model(cfg, (1, 28, 28), 10)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from glimpse.bench import bench, interleaved
 from glimpse.config import compose_config
+from glimpse.sensor import patch_sides
 
 
 def main(overrides: list[str]) -> dict:
@@ -28,10 +29,11 @@ def main(overrides: list[str]) -> dict:
     cfg = compose_config(overrides)
     measured = bench(cfg, steps=30, repeats=7)
     s, b = cfg.sensor, cfg.trainer.batch_size
-    points = s.scales * s.patch**2
+    # the points `read` samples a glimpse at: patch^2 a scale bilinearly, or every pixel of each window (area)
+    mode = "bilinear" if s.get("resize") == "bilinear" else "nearest"
+    points = s.scales * s.patch**2 if mode == "bilinear" else sum(n * n for n in patch_sides(s.patch, s.scales, s.scale_factor))
     c, side = (3 if cfg.data.source == "cifar10" else 1), cfg.data.canvas  # a canvas preset: data.canvas is set
     images, grid = torch.rand(b, c, side, side), torch.rand(b, 1, points, 2) * 2 - 1
-    mode = "bilinear" if s.get("resize") == "bilinear" else "nearest"
     sample = lambda: F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)  # noqa: E731
     per_glimpse = 1e3 * statistics.median(interleaved({"sample": sample}, 50, 7, torch.device("cpu"))["sample"])
     rest = measured["step_ms"] - measured["data_ms"] - measured["sensor_ms"]

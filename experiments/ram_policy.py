@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder written by python -m glimpse.train with model=ram")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the run's own device key)")
     parser.add_argument("--compare", action="store_true", help="also compute glimpse.evaluate's greedy error")
     args = parser.parse_args(argv)
     try:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{args.split}_error_greedy_env": result["error_greedy"], f"{args.split}_accuracy_env": 100.0 - result["error_greedy"]}
         if args.compare:
             # samples=1: only the greedy figure is wanted; it does not depend on the sampled runs.
-            evaluated = evaluate_model(model, data.eval_batches(args.split, batch), 1, seeded(cfg.seed, "eval", args.split, device=args.device))
+            evaluated = evaluate_model(model, data.eval_batches(args.split, batch), 1, seeded(cfg.seed, "eval", args.split, device=data.device))
             out[f"{args.split}_error_greedy_evaluate"] = evaluated["error_greedy"]
     except UserError as err:
         print(f"ram_policy: {err}", file=sys.stderr)

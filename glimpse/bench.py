@@ -34,11 +34,11 @@ import torch
 from torch import Tensor
 
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import compose_config, validate
+from glimpse.config import compose_config, resolve_device, validate
 from glimpse.data import GlimpseData, default_root, load_source, make_canvas, seeded
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS, build_model
-from glimpse.train import make_optimizer, resolve_device, train_step
+from glimpse.train import make_optimizer, train_step
 
 
 def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from glimpse.data import SOURCES
@@ -171,3 +172,12 @@ def validate(cfg: DictConfig) -> None:
     device = _get(cfg, "device")
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)):
         raise ConfigError("device", device, "auto, cpu, cuda, cuda:N, mps")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The `device` key as a torch.device: auto is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"invalid config: device={name!r}; CUDA is not available here (use device=auto or cpu)")
+    return torch.device(name)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from glimpse import checkpoint
 from glimpse.accounting import pixels_read
+from glimpse.config import resolve_device
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.models import build_model
@@ -60,14 +61,19 @@ def evaluate_model(
     return out
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[nn.Module, dict, GlimpseData]:
-    """The model of a run folder's checkpoint, its config and its data."""
+def load_run(run_dir: str | Path, which: str = "best", device: str | None = None) -> tuple[nn.Module, dict, GlimpseData]:
+    """The model of a run folder's checkpoint, its config and its data, on `device` (None: the run's own `device` key).
+
+    Sampled-policy errors reproduce exactly on the kind of device the run trained on: CPU and
+    CUDA generators draw different streams from the same seed. Greedy errors agree up to rounding.
+    """
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{which}.pt"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a glimpse run folder with a checkpoint (no {path})")
-    state = checkpoint.load(path, map_location=device)
+    state = checkpoint.load(path, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
+    device = resolve_device(cfg.device if device is None else device)
     data = GlimpseData(cfg.data, cfg.seed, device)
     model = build_model(cfg, data.image_shape, data.classes).to(device)
     load_weights(model, state["model"], path)
@@ -88,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder written by python -m glimpse.train")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the run's own device key; auto is CUDA when present)")
     args = parser.parse_args(argv)
     try:
         model, state, data = load_run(args.run, args.checkpoint, args.device)
         cfg = OmegaConf.create(state["config"])
         result = evaluate_model(
             model, data.eval_batches(args.split, cfg.trainer.eval_batch_size), cfg.trainer.eval_samples,
-            seeded(cfg.seed, "eval", args.split, device=args.device),
+            seeded(cfg.seed, "eval", args.split, device=data.device),
         )
     except UserError as err:
         print(f"glimpse.evaluate: {err}", file=sys.stderr)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from glimpse import checkpoint
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import CONF_DIR, check_overrides, compose_config, validate
+from glimpse.config import CONF_DIR, check_overrides, compose_config, resolve_device, validate
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model, load_weights
@@ -34,14 +34,6 @@ from glimpse.objectives import hybrid_loss
 from glimpse.visual import hparam_metrics, log_hparams, log_pictures
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"invalid config: device={name!r}; CUDA is not available here (use device=auto or cpu)")
-    return torch.device(name)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -110,7 +102,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     progress = {"epoch": 0, "batch": 0, "generator": None, "sums": {}, "images": 0, "seconds": 0.0, "skipped": 0,
                 "best_val_error": math.inf, "best_epoch": -1, "train_seconds": 0.0, "images_seen": 0}
     if resume:
-        state = checkpoint.load(last_path, map_location=device, required=("config", "model", "optimizer", "scheduler", "progress"))
+        # Loaded on the CPU: the RNG states must stay CPU byte tensors; weights and Adam's state move to `device` as they load.
+        state = checkpoint.load(last_path, map_location="cpu", required=("config", "model", "optimizer", "scheduler", "progress"))
         changed = checkpoint.config_differences(state["config"], config, ignore=RESUMABLE_CHANGES)
         if changed:
             raise UserError(f"checkpoint {last_path} was written by a different config; differing keys: {'; '.join(changed)}")

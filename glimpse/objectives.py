@@ -21,7 +21,7 @@ def hybrid_loss(
     Returns the loss and its terms (detached) for logging.
     """
     ce = F.cross_entropy(episode.logits, labels)
-    reward = (episode.logits.detach().argmax(1) == labels).float()
+    reward = (episode.logits.detach().argmax(1) == labels).to(episode.logits.dtype)  # float64 models: mse_loss wants one dtype
     terms = {"loss/ce": ce.detach(), "reward": reward.mean()}
     if episode.log_pi is None:
         return ce, terms

@@ -15,6 +15,7 @@ from glimpse.sensor import RESIZES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "trainer", "experiment")
+DEVICES, DEVICES_ALLOWED = r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N, mps"
 
 
 def choices(group: str) -> list[str]:
@@ -170,12 +171,14 @@ def validate(cfg: DictConfig) -> None:
     if not _is_int(_get(cfg, "seed")):
         raise ConfigError("seed", _get(cfg, "seed"), "an integer")
     device = _get(cfg, "device")
-    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)):
-        raise ConfigError("device", device, "auto, cpu, cuda, cuda:N, mps")
+    if not (isinstance(device, str) and re.fullmatch(DEVICES, device)):
+        raise ConfigError("device", device, DEVICES_ALLOWED)
 
 
 def resolve_device(name: str) -> torch.device:
-    """The `device` key as a torch.device: auto is CUDA when present, else the CPU."""
+    """The `device` key (or a --device option) as a torch.device: auto is CUDA when present, else the CPU."""
+    if not re.fullmatch(DEVICES, name):
+        raise UserError(f"invalid device {name!r}; allowed: {DEVICES_ALLOWED}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -136,3 +136,4 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     assert json.loads(evaluated.stdout)["test_error"] == metrics["test_error"]
     nothing = run("glimpse.evaluate", "not-a-run", cwd=tmp_path)
     assert nothing.returncode == 2 and len(nothing.stderr.strip().splitlines()) == 1
+    one_clear_line(run("glimpse.evaluate", "run", "--device", "gpu0", cwd=tmp_path), "invalid device 'gpu0'", "cuda:N")

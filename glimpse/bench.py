@@ -10,8 +10,9 @@ at a random place on a blank canvas), the greedy inference seconds per image and
 the MACs per image (FlopCounterMode), as JSON.
 
 Times, for the configured model and data, on the configured device:
-- training images/s: whole steps (canvas generation, then `glimpse.train.train_step`:
-  forward, hybrid loss, backward, the finiteness check, Adam), warm-up excluded, the median of R repeats of N steps;
+- training images/s: whole steps (canvas generation, then the training loop's step, `glimpse.train.train_step`:
+  forward, hybrid loss, backward, the finiteness check, Adam; for RAM on CUDA its CUDA graph, `GraphedStep`),
+  warm-up excluded, the median of R repeats of N steps;
 - inference images/s: greedy-policy forward at the same batch size;
 - the share of a training step spent generating the batch and in the sensor,
   both timed inside the training steps themselves (the sensor's T calls by
@@ -38,7 +39,7 @@ from glimpse.config import compose_config, resolve_device, validate
 from glimpse.data import GlimpseData, default_root, load_source, make_canvas, seeded
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS, build_model
-from glimpse.train import make_optimizer, train_step
+from glimpse.train import GraphedStep, make_optimizer, training_step
 
 
 def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
@@ -81,6 +82,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     data = GlimpseData(cfg.data, cfg.seed, device)
     model = build_model(cfg, data.image_shape, data.classes).to(device)
     optimizer, _ = make_optimizer(model, cfg)
+    take_step = training_step(model, optimizer, cfg, device)
     b, m = cfg.trainer.batch_size, cfg.model
     gen = seeded(cfg.seed, "bench", device=device)
     stream = endless_batches(data, b, gen)
@@ -96,7 +98,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         images, labels = next(stream)
         drawn = time.perf_counter()
         clock["sensor"] = 0.0
-        train_step(model, optimizer, images, labels, gen, m)
+        take_step(images, labels, gen)
         inside.append((drawn - tic, clock["sensor"], time.perf_counter() - tic))
 
     def data_step():
@@ -152,7 +154,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     peak = 2 * b * 512 * 256 / med["matmul"] / 1e9
     return {
         "model": m.name, "data": cfg.data.name, "batch_size": b, "glimpses": m.get("glimpses"),
-        "sensor": dict(cfg.sensor), "device": str(device), "threads": torch.get_num_threads(),
+        "sensor": dict(cfg.sensor), "device": str(device), "cuda_graph": isinstance(take_step, GraphedStep), "threads": torch.get_num_threads(),
         "steps": steps, "repeats": repeats,
         "train_images_per_second": b / step,
         "train_images_per_second_repeats": [round(b / s, 1) for s in t["train"]],

@@ -145,7 +145,7 @@ def validate(cfg: DictConfig) -> None:
         one_of("model.eval_start", ("centre", "random"))
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
-    for key in ("trainer.resume", "trainer.progress", "data.download"):
+    for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(key, _get(cfg, key), "true or false")
     one_of("trainer.on_nonfinite", ("stop", "skip"))

@@ -9,6 +9,7 @@ new best validation error. At the end the best checkpoint is scored once on test
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -66,9 +67,96 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     return loss, terms, finite
 
 
+class GraphedStep:
+    """`train_step` for RAM on CUDA, replayed as one captured CUDA graph (`trainer.cuda_graph`).
+
+    At batch 128 a step is ~270 small kernels whose launches cost the CPU ~7x the GPU's time
+    (experiments/cuda_graph_step.py); a graph launches them all at once. The numbers are
+    train_step's: the batch and the episode's draws (`RAM.draws`, from the same generator in the
+    same order) are copied into the graph's input buffers and the learning rate into a device
+    tensor before every replay, and a non-finite step is skipped on the device by fused Adam's
+    `found_inf` (weights, moments and step count untouched), as a graph cannot branch. The first
+    WARMUP full batches step uncaptured on a side stream (autograd's and Adam's state, the sensor's
+    constants), as capture requires; a batch of another size (an epoch's last) steps eagerly.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m: DictConfig):
+        self.model, self.optimizer, self.m = model, optimizer, m
+        device = next(model.parameters()).device
+        self.lr, self.found_inf = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.side = torch.cuda.Stream(device)  # the warm-up's stream
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.steps = 0
+        self.shape: torch.Size | None = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+        if self.shape is None:  # the first batch of a run is a full one
+            self.shape, b = images.shape, len(labels)
+            self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
+            self.start = images.new_empty(b, 2)
+            self.noise = images.new_empty(b, self.model.glimpses - 1, 2)
+        if images.shape != self.shape:
+            return train_step(self.model, self.optimizer, images, labels, generator, self.m)
+        self.images.copy_(images)
+        self.labels.copy_(labels)
+        start, noise = self.model.draws(len(labels), images.device, generator)
+        self.start.copy_(start)
+        self.noise.copy_(noise)
+        self.lr.fill_(self.optimizer.param_groups[0]["lr"])
+        if self.graph is not None:
+            self.graph.replay()
+            loss, terms = self.loss, self.terms
+        elif self.steps < self.WARMUP:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, terms = self._step()
+            torch.cuda.current_stream().wait_stream(self.side)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss, self.terms = loss, terms = self._step(capturing=True)
+            self.graph.replay()  # capture records the step without running it
+        self.steps += 1
+        return loss, terms, not bool(self.found_inf)
+
+    def _step(self, capturing: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """train_step's body without a host decision: the episode, the loss, backward, Adam (a no-op if not finite)."""
+        episode = self.model.episode(self.images, self.start, self.noise)
+        loss, terms = hybrid_loss(episode, self.labels, self.m.get("reinforce_weight", 0.0), self.m.get("baseline_weight", 0.0))
+        loss.backward()
+        loss = loss.detach()  # nothing may keep this step's autograd graph (and its streams) alive into the next
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.found_inf.copy_(~torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss))
+        # Adam reads the device lr and found_inf only here; its groups keep float lrs for the schedule and checkpoints.
+        groups = self.optimizer.param_groups
+        saved = [(g["lr"], g["capturable"]) for g in groups]
+        for g in groups:
+            g["lr"], g["capturable"] = self.lr, capturing
+        self.optimizer.found_inf = self.found_inf
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+            for g, (lr, capturable) in zip(groups, saved):
+                g["lr"], g["capturable"] = lr, capturable
+        return loss, terms
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig, device: torch.device):
+    """The step the loop calls as take_step(images, labels, generator): GraphedStep for RAM on CUDA with
+    `trainer.cuda_graph`, else `train_step`."""
+    if device.type == "cuda" and cfg.trainer.get("cuda_graph", False) and hasattr(model, "draws"):
+        return GraphedStep(model, optimizer, cfg.model)
+    return functools.partial(train_step, model, optimizer, m=cfg.model)
+
+
 # Keys that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every_minutes", "trainer.visual_every",
-                     "trainer.visual_images", "data.root", "data.download")
+                     "trainer.visual_images", "trainer.cuda_graph", "data.root", "data.download")
 
 
 class NonFiniteError(UserError):
@@ -128,6 +216,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     every = t.checkpoint_every_minutes * 60
     last_saved = time.monotonic()
     shown = next(data.eval_batches("val", t.visual_images))  # the same validation images in every picture
+    take_step = training_step(model, optimizer, cfg, device)
     bar = tqdm(range(progress["epoch"], t.epochs), initial=progress["epoch"], total=t.epochs, desc=f"{m.name} {cfg.data.name}",
                disable=not t.progress, dynamic_ncols=True)
     for epoch in bar:
@@ -140,7 +229,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         model.train()
         tic = time.perf_counter()
         for batch, (images, labels) in enumerate(batches, start=start + 1):
-            loss, terms, finite = train_step(model, optimizer, images, labels, gen, m)
+            loss, terms, finite = take_step(images, labels, gen)
             if not finite:
                 if t.on_nonfinite == "stop":
                     raise NonFiniteError(

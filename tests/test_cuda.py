@@ -7,6 +7,7 @@ these tests compare the two devices directly.
 import pytest
 import torch
 
+from glimpse import checkpoint
 from glimpse.evaluate import evaluate_model, load_run
 from glimpse.models.ram import RAM
 from glimpse.objectives import hybrid_loss
@@ -74,3 +75,61 @@ def test_a_run_trained_on_cuda_scores_the_same_when_its_checkpoint_is_reloaded_o
     model, _, data = load_run(tmp_path, "best", device="cpu")
     cpu = evaluate_model(model, data.eval_batches("test", 1000), 1, torch.Generator().manual_seed(0))
     assert abs(cpu["error_greedy"] - metrics["test_error_greedy"]) <= 0.2
+
+
+# 3,000 training images in batches of 128: 23 full batches (3 warm-up steps, a capture, replays) and a short last one (eager)
+GRAPHED = ("device=cuda", "data.train_limit=3000", "data.eval_limit=500", "trainer.epochs=2", "trainer.eval_samples=2",
+           "trainer.visual_every=0")
+
+
+@needs_mnist
+def test_a_run_replaying_its_steps_as_a_cuda_graph_computes_exactly_what_the_eager_run_does(tmp_path, monkeypatch):
+    import glimpse.train
+
+    replays = []
+    real_call = glimpse.train.GraphedStep.__call__
+
+    def counted(self, *args):
+        replays.append(self.graph is not None)
+        return real_call(self, *args)
+
+    monkeypatch.setattr(glimpse.train.GraphedStep, "__call__", counted)
+    graphed = train(make_cfg(*GRAPHED), tmp_path / "graph")
+    assert len(replays) == 2 * 24 and sum(replays) == 2 * 24 - 4  # all but the warm-up steps and the capture: replays, or eager if short
+    eager = train(make_cfg(*GRAPHED, "trainer.cuda_graph=false"), tmp_path / "eager")
+    assert len(replays) == 2 * 24  # the eager run did not go through GraphedStep
+    for key in ("test_error", "test_error_greedy", "val_error_best", "best_epoch"):
+        assert graphed[key] == eager[key], key
+    a, b = (checkpoint.load(p / "checkpoints" / "last.pt")["model"] for p in (tmp_path / "graph", tmp_path / "eager"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_mnist
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_nonfinite_batch_under_the_cuda_graph_is_skipped_on_the_device_or_stops_the_run(policy, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from glimpse.data import GlimpseData
+    from glimpse.train import NonFiniteError
+
+    real_batches = GlimpseData.train_batches
+
+    def poisoned(self, *args, **kwargs):  # batch 8 of the first epoch carries a NaN image: a replayed step
+        for i, (images, labels) in enumerate(real_batches(self, *args, **kwargs), start=1):
+            if i == 8 and not poisoned.done:
+                images = images.clone()
+                images[0] = torch.nan  # all of it: every glimpse reads some of it
+                poisoned.done = True
+            yield images, labels
+
+    poisoned.done = False
+    monkeypatch.setattr(GlimpseData, "train_batches", poisoned)
+    if policy == "stop":
+        with pytest.raises(NonFiniteError, match="epoch 1, batch 8"):
+            train(make_cfg(*GRAPHED, "trainer.checkpoint_every_minutes=0"), tmp_path)
+        return
+    metrics = train(make_cfg(*GRAPHED, "trainer.on_nonfinite=skip"), tmp_path)
+    assert metrics["test_error"] < 90
+    skipped = [e.value for e in EventAccumulator(str(tmp_path)).Reload().Scalars("train/skipped_batches")]
+    assert skipped == [1, 0]
+    assert all(torch.isfinite(v).all() for v in checkpoint.load(tmp_path / "checkpoints" / "last.pt")["model"].values())

@@ -234,10 +234,13 @@ class RAM(nn.Module):
         return start_locations(batch, device, generator, self.training or self.eval_start == "random")
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
-        b, device = images.shape[0], images.device
-        start = self.start(b, device, generator)
-        noise = None if greedy else self.location_net.std * torch.randn(b, self.glimpses - 1, 2, generator=generator, device=device)
-        return self.episode(images, start, noise)
+        return self.episode(images, *self.draws(images.shape[0], images.device, generator, greedy))
+
+    def draws(self, batch: int, device: torch.device, generator: torch.Generator | None, greedy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """An episode's randomness, drawn in this order: l_1 and the policy's noise (B, T-1, 2) (None when greedy)."""
+        start = self.start(batch, device, generator)
+        noise = None if greedy else self.location_net.std * torch.randn(batch, self.glimpses - 1, 2, generator=generator, device=device)
+        return start, noise
 
     def episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """One episode from l_1 = `loc`, with the policy's noise (B, T-1, 2) given (None: greedy, the means)."""

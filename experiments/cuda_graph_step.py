@@ -13,6 +13,9 @@ Start locations and policy noise are drawn outside the graph from the same
 generator stream the eager step draws from, so both see the same numbers; after
 the timed steps the script reports how far their weights drifted apart.
 Prints JSON: ms per step and images/s of each, the speed-up, the largest weight difference.
+
+The training loop's `glimpse.train.GraphedStep` (trainer.cuda_graph) grew from this measurement;
+the script keeps the step it measured (experiments/results/bench/*_h100_graph_*.json) as it was.
 """
 
 from __future__ import annotations

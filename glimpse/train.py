@@ -54,17 +54,23 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     Returns the loss, its terms (detached) and whether the weights were updated. `glimpse.bench`
     times this very function (the loop's running sums of the terms, a few small additions, it does not).
     """
-    episode = model(images, generator=generator)
-    loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    # One sync per step; a NaN/inf must never reach the weights or the checkpoints. A sum is finite
-    # only if every term is (or it overflows, as a norm would), and costs half of get_total_norm.
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    finite = bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss.detach()))
+    loss, terms, nonfinite = backward(model, model(images, generator=generator), labels, m)
+    finite = not bool(nonfinite)  # one sync per step: a NaN/inf must never reach the weights or the checkpoints
     if finite:
         optimizer.step()
     return loss, terms, finite
+
+
+def backward(model: torch.nn.Module, episode, labels: torch.Tensor, m: DictConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The hybrid loss of `episode`, backpropagated: the loss (detached), its terms, and whether it or any
+    gradient is not finite, as a device tensor (no sync). A sum is finite only if every term is (or it
+    overflows, as a norm would), and costs half of get_total_norm."""
+    loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
+    loss.backward()
+    loss = loss.detach()  # nothing may keep this step's autograd graph (on CUDA: its streams) alive into the next
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return loss, terms, ~torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss)
 
 
 class GraphedStep:
@@ -125,12 +131,8 @@ class GraphedStep:
 
     def _step(self, capturing: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """train_step's body without a host decision: the episode, the loss, backward, Adam (a no-op if not finite)."""
-        episode = self.model.episode(self.images, self.start, self.noise)
-        loss, terms = hybrid_loss(episode, self.labels, self.m.get("reinforce_weight", 0.0), self.m.get("baseline_weight", 0.0))
-        loss.backward()
-        loss = loss.detach()  # nothing may keep this step's autograd graph (and its streams) alive into the next
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self.found_inf.copy_(~torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss))
+        loss, terms, nonfinite = backward(self.model, self.model.episode(self.images, self.start, self.noise), self.labels, self.m)
+        self.found_inf.copy_(nonfinite)
         # Adam reads the device lr and found_inf only here; its groups keep float lrs for the schedule and checkpoints.
         groups = self.optimizer.param_groups
         saved = [(g["lr"], g["capturable"]) for g in groups]

@@ -77,7 +77,7 @@ class GraphedStep:
     """`train_step` for RAM on CUDA, replayed as one captured CUDA graph (`trainer.cuda_graph`).
 
     At batch 128 a step is ~270 small kernels whose launches cost the CPU ~7x the GPU's time
-    (experiments/cuda_graph_step.py); a graph launches them all at once. The numbers are
+    (README, "On a GPU"); a graph launches them all at once. The numbers are
     train_step's: the batch and the episode's draws (`RAM.draws`, from the same generator in the
     same order) are copied into the graph's input buffers and the learning rate into a device
     tensor before every replay, and a non-finite step is skipped on the device by fused Adam's

@@ -105,6 +105,39 @@ def test_cifar10_code_path_on_generated_files(tmp_path, monkeypatch):
     assert next(cluttered.eval_batches("test", 4))[0].shape == (4, 3, 48, 48)
 
 
+def write_fake_idx(folder, n_train=60, n_test=20, side=28):
+    """A tiny dataset in MNIST's raw IDX layout (as torchvision keeps MNIST and Fashion-MNIST): the test images returned."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(1, 256, (n, side, side), dtype=np.uint8)  # no zero pixel: the image is findable on a canvas
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([2051, n, side, side], ">i4").tobytes() + images.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], ">i4").tobytes() + labels.tobytes())
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def test_fashion_mnist_and_its_canvas_variants_on_generated_files(tmp_path):
+    test_images, test_labels = write_fake_idx(tmp_path / "FashionMNIST" / "raw")
+    data = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}").data, seed=0)
+    assert data.image_shape == (1, 28, 28) and (len(data.train), len(data.val), len(data.test)) == (54, 6, 20)
+    x, y = next(data.eval_batches("test", 20))
+    assert torch.equal(as_bytes(x), test_images) and torch.equal(y, test_labels)
+
+    translated = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=40").data, seed=0)
+    canvas = as_bytes(next(translated.eval_batches("test", 20))[0])
+    for b in range(20):
+        rows, cols = canvas[b, 0].nonzero(as_tuple=True)
+        top, left = rows.min().item(), cols.min().item()
+        assert torch.equal(canvas[b, 0, top : top + 28, left : left + 28], test_images[b, 0])
+
+    cluttered = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=60", "data.distractors=4").data, seed=0)
+    assert cluttered.image_shape == (1, 60, 60)
+    canvas = next(cluttered.eval_batches("test", 20))[0]
+    clutter = (canvas > 0).flatten(1).sum(1) - 28 * 28  # pixels lit outside the image: the distractors' (up to 4 x 8 x 8)
+    assert canvas.max() <= 1 and bool(((clutter > 0) & (clutter <= 4 * 64)).all())
+
+
 def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):
     cfg = make_cfg(f"data.root={tmp_path}")
     with pytest.raises(UserError) as err:

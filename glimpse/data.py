@@ -58,11 +58,16 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
                 f"dataset {name} in {where} could not be read, a file is corrupt or truncated ({type(err).__name__}: "
                 f"{next(iter(str(err).splitlines()), '')[:120]}); replace its files, or point data.root / GLIMPSE_DATA elsewhere"
             ) from None
-        how = "download failed" if download else "download is off"
+        top = folder.split("/")[0]
+        if download:  # a second try with download=true would fail the same way: the way out is the files themselves
+            raise UserError(
+                f"dataset {name} not found in {where} and its download failed ({type(err).__name__}: "
+                f"{next(iter(str(err).splitlines()), '')[:120]}); check the network, or put the files in {where} yourself, "
+                f"or point data.root=<folder> or GLIMPSE_DATA=<folder> at a folder holding {top}/"
+            ) from None
         raise UserError(
-            f"dataset {name} not found (or incomplete) in {where} ({how}: {type(err).__name__}); "
-            f"point data.root=<folder> or GLIMPSE_DATA=<folder> at the folder holding {folder.split('/')[0]}/, "
-            "or set data.download=true"
+            f"dataset {name} not found (or incomplete) in {where} (download is off: {type(err).__name__}); "
+            f"point data.root=<folder> or GLIMPSE_DATA=<folder> at the folder holding {top}/, or set data.download=true"
         ) from None
     images = torch.as_tensor(np.asarray(ds.data))
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)

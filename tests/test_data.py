@@ -145,3 +145,15 @@ def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):
     msg = str(err.value)
     assert str(tmp_path) in msg and "MNIST/raw" in msg and "GLIMPSE_DATA" in msg and "data.root" in msg
     assert "\n" not in msg
+
+
+def test_a_failed_download_says_so_and_how_to_get_the_files_in_place(tmp_path, monkeypatch):
+    def offline(self):  # what torchvision raises when no mirror answers
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://... got URLError")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(UserError) as err:
+        GlimpseData(make_cfg(f"data.root={tmp_path}", "data.download=true").data, seed=0)
+    msg = str(err.value)
+    assert "download failed" in msg and "Error downloading train-images-idx3-ubyte.gz" in msg and "\n" not in msg
+    assert str(tmp_path / "MNIST" / "raw") in msg and "GLIMPSE_DATA" in msg and "data.download=true" not in msg

@@ -26,7 +26,7 @@ from glimpse.config import compose_config
 from glimpse.data import GlimpseData, seeded
 from glimpse.models import build_model
 from glimpse.objectives import hybrid_loss
-from glimpse.train import make_optimizer
+from glimpse.train import make_optimizer, nonfinite
 
 PHASES = ("zero_grad", "draws", "episode", "loss", "backward", "check", "adam")
 
@@ -54,8 +54,7 @@ def stepper(cfg, batch: int, times: dict[str, list[float]]):
         tic.append(clock())
         loss.backward()
         tic.append(clock())
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss))
+        finite = not bool(nonfinite(model, loss))
         tic.append(clock())
         if finite:
             optimizer.step()

@@ -52,17 +52,16 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
     try:
         ds = cls(root=str(root), train=train, download=download)
     except Exception as err:  # torchvision raises RuntimeError (missing, corrupt) or URLError/OSError (download failed)
-        where = (root / folder).resolve()
+        where, top = (root / folder).resolve(), folder.split("/")[0]
+        cause = f"{type(err).__name__}: {next(iter(str(err).splitlines()), '')[:120]}"  # torchvision's first line
         if not download and "not found" not in str(err).lower():  # the files are there but do not parse
             raise UserError(
-                f"dataset {name} in {where} could not be read, a file is corrupt or truncated ({type(err).__name__}: "
-                f"{next(iter(str(err).splitlines()), '')[:120]}); replace its files, or point data.root / GLIMPSE_DATA elsewhere"
+                f"dataset {name} in {where} could not be read, a file is corrupt or truncated ({cause}); "
+                "replace its files, or point data.root / GLIMPSE_DATA elsewhere"
             ) from None
-        top = folder.split("/")[0]
         if download:  # a second try with download=true would fail the same way: the way out is the files themselves
             raise UserError(
-                f"dataset {name} not found in {where} and its download failed ({type(err).__name__}: "
-                f"{next(iter(str(err).splitlines()), '')[:120]}); check the network, or put the files in {where} yourself, "
+                f"dataset {name} not found in {where} and its download failed ({cause}); check the network, or put the files in {where} yourself, "
                 f"or point data.root=<folder> or GLIMPSE_DATA=<folder> at a folder holding {top}/"
             ) from None
         raise UserError(

@@ -55,22 +55,26 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     times this very function (the loop's running sums of the terms, a few small additions, it does not).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss, terms, nonfinite = backward(model, model(images, generator=generator), labels, m)
-    finite = not bool(nonfinite)  # one sync per step: a NaN/inf must never reach the weights or the checkpoints
+    loss, terms, bad = backward(model, model(images, generator=generator), labels, m)
+    finite = not bool(bad)  # one sync per step: a NaN/inf must never reach the weights or the checkpoints
     if finite:
         optimizer.step()
     return loss, terms, finite
 
 
 def backward(model: torch.nn.Module, episode, labels: torch.Tensor, m: DictConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """The hybrid loss of `episode`, backpropagated: the loss (detached), its terms, and whether it or any
-    gradient is not finite, as a device tensor (no sync). A sum is finite only if every term is (or it
-    overflows, as a norm would), and costs half of get_total_norm."""
+    """The hybrid loss of `episode`, backpropagated: the loss (detached), its terms, and `nonfinite`."""
     loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
     loss.backward()
     loss = loss.detach()  # nothing may keep this step's autograd graph (on CUDA: its streams) alive into the next
+    return loss, terms, nonfinite(model, loss)
+
+
+def nonfinite(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """Whether `loss` or any gradient is NaN or infinite, as a device tensor (no sync). A sum is finite
+    only if every term is (or it overflows, as a norm would), and costs half of get_total_norm."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return loss, terms, ~torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss)
+    return ~torch.isfinite(torch.stack([g.sum() for g in grads]).sum() + loss.detach())
 
 
 class GraphedStep:
@@ -131,8 +135,8 @@ class GraphedStep:
 
     def _step(self, capturing: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """train_step's body without a host decision: the episode, the loss, backward, Adam (a no-op if not finite)."""
-        loss, terms, nonfinite = backward(self.model, self.model.episode(self.images, self.start, self.noise), self.labels, self.m)
-        self.found_inf.copy_(nonfinite)
+        loss, terms, bad = backward(self.model, self.model.episode(self.images, self.start, self.noise), self.labels, self.m)
+        self.found_inf.copy_(bad)
         # Adam reads the device lr and found_inf only here; its groups keep float lrs for the schedule and checkpoints.
         groups = self.optimizer.param_groups
         saved = [(g["lr"], g["capturable"]) for g in groups]

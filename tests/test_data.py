@@ -17,6 +17,13 @@ def as_bytes(canvas):
     return canvas.mul(255).round().to(torch.uint8)
 
 
+def placed(canvas, side=28):
+    """The side x side window of one canvas (H, W) that starts at its first lit row and column: where the image went."""
+    rows, cols = canvas.nonzero(as_tuple=True)
+    top, left = rows.min().item(), cols.min().item()
+    return canvas[top : top + side, left : left + side]
+
+
 def digits(n=6, side=28, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(n, 1, side, side, generator=g) * 255).to(torch.uint8)
@@ -28,9 +35,7 @@ def test_translated_canvas_holds_the_whole_digit_once():
     assert canvas.shape == (6, 1, 60, 60) and canvas.dtype == torch.float32
     canvas = as_bytes(canvas)
     for b in range(6):
-        rows, cols = canvas[b, 0].nonzero(as_tuple=True)
-        top, left = rows.min().item(), cols.min().item()
-        assert torch.equal(canvas[b, 0, top : top + 28, left : left + 28], images[b, 0])
+        assert torch.equal(placed(canvas[b, 0]), images[b, 0])
         assert canvas[b].sum() == images[b].sum()  # nothing else on the canvas
 
 
@@ -127,9 +132,7 @@ def test_fashion_mnist_and_its_canvas_variants_on_generated_files(tmp_path):
     translated = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=40").data, seed=0)
     canvas = as_bytes(next(translated.eval_batches("test", 20))[0])
     for b in range(20):
-        rows, cols = canvas[b, 0].nonzero(as_tuple=True)
-        top, left = rows.min().item(), cols.min().item()
-        assert torch.equal(canvas[b, 0, top : top + 28, left : left + 28], test_images[b, 0])
+        assert torch.equal(placed(canvas[b, 0]), test_images[b, 0])
 
     cluttered = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=60", "data.distractors=4").data, seed=0)
     assert cluttered.image_shape == (1, 60, 60)

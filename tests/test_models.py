@@ -56,6 +56,17 @@ def test_dram_location_learns_from_the_classification_loss_ram_location_only_fro
     assert location_grad("ram", reinforce_weight=1.0, baseline_weight=0.0) > 0
 
 
+def test_dram_locations_teach_the_location_network_but_not_the_core():
+    """Like RAM's, DRAM's location network reads the core state detached: a loss on where it looked
+    reaches the location network only (through the pixels, the core's gradient comes from the classifier)."""
+    model = build_model(make_cfg("experiment=dram_translated60"), (1, 60, 60), 10)
+    episode = model(torch.rand(4, 1, 60, 60), generator=torch.Generator().manual_seed(0))
+    episode.locations[:, 1:].sum().backward()
+    assert model.location_net.weight.grad.abs().sum() > 0
+    core_and_glimpse = [*model.core.parameters(), *model.glimpse_net.parameters()]
+    assert all(p.grad is None or not p.grad.any() for p in core_and_glimpse)
+
+
 @needs_mnist
 @pytest.mark.parametrize(
     "name, extra, bound",

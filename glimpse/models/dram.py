@@ -5,6 +5,12 @@ sensor samples the patches bilinearly at that exact, unrounded position, so the
 loss's gradient flows through the pixels read into where to look (the
 "differentiable RAM" discussed with DRAW, Gregor et al. 2015). Glimpse, core
 and action networks are RAM's; there is no baseline and no REINFORCE term.
+
+As in RAM, the location network reads the core state detached: the loss reaches
+its weights through the pixels it chose, but not the core through the location.
+Without the cut, the gradient around the loop h_t -> l_{t+1} -> pixels -> h_{t+1}
+drove every image's locations to one border within ~200 steps on translated 60x60
+canvases, where the glimpses read zeros and the model stayed at chance (README).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from glimpse.sensor import Sensor
 
 
 class DRAM(nn.Module):
-    """Sensor (bilinear, unsnapped), glimpse, core, deterministic location and action networks."""
+    """Sensor (bilinear, unsnapped), glimpse, core, deterministic location (on the detached core state) and action networks."""
 
     stochastic = False
 
@@ -43,7 +49,7 @@ class DRAM(nn.Module):
         self.sensor = Sensor(patch, scales, scale_factor, "bilinear", snap=False)  # differentiable in the location
         self.glimpse_net = GlimpseNetwork(scales * channels * patch * patch, what, where, glimpse_out)
         self.core = CoreNetwork(core, glimpse_out, hidden)
-        self.location_net = nn.Linear(hidden, 2)  # l_{t+1} = tanh(Linear(h_t)), not detached
+        self.location_net = nn.Linear(hidden, 2)  # l_{t+1} = tanh(Linear(h_t)) on the detached h_t
         self.action_net = ActionNetwork(hidden, classes)
 
     @classmethod
@@ -61,6 +67,6 @@ class DRAM(nn.Module):
         for t in range(self.glimpses):
             h, state = self.core(self.glimpse_net(self.sensor(images, loc), loc), state)
             if t < self.glimpses - 1:
-                loc = torch.tanh(self.location_net(h))
+                loc = torch.tanh(self.location_net(h.detach()))
                 locations.append(loc)
         return Episode(self.action_net(h), torch.stack(locations, 1))

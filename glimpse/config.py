@@ -145,7 +145,8 @@ def validate(cfg: DictConfig) -> None:
         one_of("model.eval_start", ("centre", "random"))
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
-    for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):
+    dram_keys = ["model.location_grad_to_core"] if "location_grad_to_core" in model_keys else []
+    for key in ["trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download", *dram_keys]:
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(key, _get(cfg, key), "true or false")
     one_of("trainer.on_nonfinite", ("stop", "skip"))

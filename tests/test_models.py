@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from glimpse.config import validate
+from glimpse.errors import ConfigError
 from glimpse.models import MODELS, build_model
 from glimpse.models.soft import grid_locations
 from glimpse.objectives import hybrid_loss
@@ -56,15 +58,22 @@ def test_dram_location_learns_from_the_classification_loss_ram_location_only_fro
     assert location_grad("ram", reinforce_weight=1.0, baseline_weight=0.0) > 0
 
 
-def test_dram_locations_teach_the_location_network_but_not_the_core():
-    """Like RAM's, DRAM's location network reads the core state detached: a loss on where it looked
-    reaches the location network only (through the pixels, the core's gradient comes from the classifier)."""
-    model = build_model(make_cfg("experiment=dram_translated60"), (1, 60, 60), 10)
+@pytest.mark.parametrize("to_core", [False, True])
+def test_dram_location_gradient_goes_into_the_core_only_when_asked(to_core):
+    """By default DRAM's location network reads the core state detached (as RAM's does): a loss on where
+    it looked teaches the location network only. model.location_grad_to_core=true lets it go on into the core."""
+    cfg = make_cfg("experiment=dram_translated60", f"model.location_grad_to_core={str(to_core).lower()}")
+    model = build_model(cfg, (1, 60, 60), 10)
     episode = model(torch.rand(4, 1, 60, 60), generator=torch.Generator().manual_seed(0))
     episode.locations[:, 1:].sum().backward()
     assert model.location_net.weight.grad.abs().sum() > 0
-    core_and_glimpse = [*model.core.parameters(), *model.glimpse_net.parameters()]
-    assert all(p.grad is None or not p.grad.any() for p in core_and_glimpse)
+    reached_core = any(p.grad is not None and p.grad.any() for p in model.core.parameters())
+    assert reached_core == to_core
+
+
+def test_dram_location_grad_to_core_must_be_a_bool():
+    with pytest.raises(ConfigError, match=r"model.location_grad_to_core='maybe'; allowed: true or false"):
+        validate(make_cfg("model=dram", "model.location_grad_to_core=maybe"))
 
 
 @needs_mnist

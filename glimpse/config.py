@@ -106,6 +106,10 @@ def validate(cfg: DictConfig) -> None:
         if v not in allowed:
             raise ConfigError(key, v, ", ".join(allowed))
 
+    def boolean(key: str) -> None:
+        if not isinstance(_get(cfg, key), bool):
+            raise ConfigError(key, _get(cfg, key), "true or false")
+
     for section in ("", "trainer", "sensor", "model", "data"):  # `+trainer.epochz=3` would be read by nothing
         node = cfg if section == "" else cfg.get(section)
         extra = sorted(set(node.keys()) - set(known_keys(section))) if isinstance(node, DictConfig) else []
@@ -143,12 +147,12 @@ def validate(cfg: DictConfig) -> None:
         one_of("model.core", ("rnn", "lstm", "gru"))
     if "eval_start" in model_keys:
         one_of("model.eval_start", ("centre", "random"))
+    if "location_grad_to_core" in model_keys:
+        boolean("model.location_grad_to_core")
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
-    dram_keys = ["model.location_grad_to_core"] if "location_grad_to_core" in model_keys else []
-    for key in ["trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download", *dram_keys]:
-        if not isinstance(_get(cfg, key), bool):
-            raise ConfigError(key, _get(cfg, key), "true or false")
+    for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):
+        boolean(key)
     one_of("trainer.on_nonfinite", ("stop", "skip"))
     v = _get(cfg, "trainer.checkpoint_every_minutes")
     if not (_is_number(v) and v >= 0):

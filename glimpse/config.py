@@ -107,8 +107,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, v, ", ".join(allowed))
 
     def boolean(key: str) -> None:
-        if not isinstance(_get(cfg, key), bool):
-            raise ConfigError(key, _get(cfg, key), "true or false")
+        v = _get(cfg, key)
+        if not isinstance(v, bool):
+            raise ConfigError(key, v, "true or false")
 
     for section in ("", "trainer", "sensor", "model", "data"):  # `+trainer.epochz=3` would be read by nothing
         node = cfg if section == "" else cfg.get(section)

@@ -62,7 +62,9 @@ class DRAM(nn.Module):
         return cls(
             image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor,
             what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden, core=m.core, eval_start=m.eval_start,
-            location_grad_to_core=m.get("location_grad_to_core", True),  # runs from before the key: the gradient went on
+            # Run folders from before the key lack it (trained either way): the forward is the same with or without
+            # the cut, so re-scoring them works whatever this says; resuming them is refused for the missing key.
+            location_grad_to_core=m.get("location_grad_to_core", True),
         )
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:

@@ -67,8 +67,9 @@ def test_dram_location_gradient_goes_into_the_core_only_when_asked(to_core):
     episode = model(torch.rand(4, 1, 60, 60), generator=torch.Generator().manual_seed(0))
     episode.locations[:, 1:].sum().backward()
     assert model.location_net.weight.grad.abs().sum() > 0
-    reached_core = any(p.grad is not None and p.grad.any() for p in model.core.parameters())
-    assert reached_core == to_core
+    reached = lambda net: any(p.grad is not None and p.grad.any() for p in net.parameters())  # noqa: E731
+    assert reached(model.core) == to_core
+    assert reached(model.glimpse_net) == to_core  # through the core: g_t feeds h_t
 
 
 def test_dram_location_grad_to_core_must_be_a_bool():

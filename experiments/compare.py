@@ -61,6 +61,7 @@ PAPER = {
 DATA_ORDER = ["mnist", "translated_mnist", "cluttered_mnist60", "cluttered_mnist100", "fashion_mnist", "cifar10"]
 MODEL_ORDER = ["ram", "dram", "soft", "fc", "cnn"]
 MARKERS = "osD^v<>ph*"
+LINESTYLES = ("-", "--", ":", "-.")
 COLORS = {"ram": "tab:red", "dram": "tab:orange", "soft": "tab:blue", "fc": "tab:gray", "cnn": "tab:green"}
 # Config keys that do not change a run's result: never used to tell settings apart.
 IGNORED_KEYS = {"seed", "device", "data.root", "data.download", "trainer.progress", "trainer.resume",
@@ -406,25 +407,39 @@ def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str,
     save(fig, path, note)
 
 
+def glimpse_lines(cells: dict[tuple[str, str], Cell], data: str) -> tuple[dict[str, tuple[str, list[tuple[float, float, float]]]], list[tuple[str, float]]]:
+    """The lines of error_vs_glimpses for one data set: {label: (model, [(glimpses, mean, std)])}, and the
+    whole-image models' (model, mean). A line joins the columns that differ only in model.glimpses (a sweep);
+    columns that differ in anything else (e.g. trainer.epochs) are lines of their own."""
+    lines: dict[str, tuple[str, list[tuple[float, float, float]]]] = {}
+    flat: list[tuple[str, float]] = []
+    for (d, _), cell in sorted(cells.items()):
+        if d != data:
+            continue
+        run, values = cell.runs[0], cell.values("test_error")
+        glimpses = cell.mean("glimpses")
+        if glimpses is None:
+            flat.append((run.model, statistics.fmean(values)))
+            continue
+        rest = [kv for kv in run.setting.split(", ") if kv and not kv.startswith("model.glimpses=")]
+        label = f"{run.model} ({', '.join(rest)})" if rest else run.model
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.setdefault(label, (run.model, []))[1].append((glimpses, statistics.fmean(values), std))
+    for _, points in lines.values():
+        points.sort()
+    return lines, flat
+
+
 def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], data_rows: list[str], note: str) -> None:
-    """Glimpse models: test error against glimpses, one line per model; whole-image models: dashed lines."""
+    """Glimpse models: test error against glimpses, one line per setting (glimpse sweeps joined); whole-image models: dashed lines."""
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
-        by_model: dict[str, list[tuple[float, float, float]]] = {}
-        for (data, _), cell in sorted(cells.items()):
-            if data != d:
-                continue
-            model, values = cell.runs[0].model, cell.values("test_error")
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            glimpses = cell.mean("glimpses")
-            if glimpses is None:
-                ax.axhline(statistics.fmean(values), color=color(model), linestyle="--", label=f"{model} (whole image)")
-            else:
-                by_model.setdefault(model, []).append((glimpses, statistics.fmean(values), std))
-        for model, points in by_model.items():
-            points.sort()
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                        capsize=3, color=color(model), label=model)
+        lines, flat = glimpse_lines(cells, d)
+        for model, mean in flat:
+            ax.axhline(mean, color=color(model), linestyle="--", label=f"{model} (whole image)")
+        for i, (label, (model, points)) in enumerate(lines.items()):
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                        marker=MARKERS[i % len(MARKERS)], capsize=3, color=color(model), label=label)
         ax.set(title=d, xlabel="glimpses", ylabel="test error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -436,11 +451,14 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str) ->
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
         labelled: set[str] = set()
+        styles: dict[str, str] = {}  # one line style per column, so that settings of one model (one colour) tell apart
         for run in runs:
             if run.data != d or not run.curve:
                 continue
             steps, values = zip(*run.curve)
-            ax.plot(steps, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
+            same_model = sum(1 for c in styles if c.split(" (")[0] == run.model)
+            style = styles.setdefault(run.column, LINESTYLES[same_model % len(LINESTYLES)])
+            ax.plot(steps, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".", linestyle=style,
                     label=None if run.column in labelled else run.column)
             labelled.add(run.column)
         ax.set(title=d, xlabel="training step", ylabel="validation error (%)")

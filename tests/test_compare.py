@@ -196,3 +196,22 @@ def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tm
     assert "## Duplicates" in text and str(root / "g8_0") in text.split("## Duplicates", 1)[1]
     failed = text.split("## Failed or unfinished runs", 1)[1]
     assert str(unfinished) in failed and "trainer.resume=true" in failed and "epoch 3/90" in failed
+
+
+def test_a_glimpse_sweep_is_one_line_and_a_longer_budget_another(tmp_path):
+    root = tmp_path / "runs"
+    for glimpses, error in ((4, 3.0), (8, 2.0)):
+        make_run(root / f"g{glimpses}", "ram", "mnist", 0, error, glimpses=glimpses)
+    longer = make_run(root / "g8_longer", "ram", "mnist", 0, 1.5, glimpses=8)
+    config = yaml.safe_load((longer / ".hydra" / "config.yaml").read_text())
+    config["trainer"]["epochs"] = 20
+    (longer / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    make_run(root / "fc", "fc", "mnist", 0, 1.8, glimpses=None)
+    finished = [compare.load_run(f) for f in compare.find_run_folders([root])]
+    compare.assign_settings(finished)
+    lines, flat = compare.glimpse_lines(compare.aggregate(finished), "mnist")
+    assert flat == [("fc", 1.8)]
+    sweep, longer_line = sorted(lines.values(), key=lambda line: len(line[1]), reverse=True)
+    assert [(g, e) for g, e, _ in sweep[1]] == [(4, 3.0), (8, 2.0)]  # joined across model.glimpses
+    assert [(g, e) for g, e, _ in longer_line[1]] == [(8, 1.5)]  # trainer.epochs=20: a line of its own
+    assert len(lines) == 2 and any("trainer.epochs=20" in label for label in lines)

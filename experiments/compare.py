@@ -85,13 +85,26 @@ class Run:
     config: dict[str, Any]  # .hydra/config.yaml, flattened to dotted keys
     metrics: dict[str, Any] | None  # None: failed or unfinished
     reason: str = ""  # why there is no metrics.json
-    setting: str = ""  # the config keys that tell this run apart from other runs of its model and data set
+    varying: tuple[str, ...] = ()  # the config keys that tell this run apart from other runs of its model and data set
     duplicate_of: Path | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
+    def setting(self) -> str:
+        return self.setting_without()
+
+    def setting_without(self, *keys: str) -> str:
+        """The setting, e.g. "model.glimpses=8, trainer.epochs=200", leaving out `keys`."""
+        return ", ".join(f"{k}={self.config[k]}" for k in self.varying if k not in keys)
+
+    @property
     def column(self) -> str:
-        return f"{self.model} ({self.setting})" if self.setting else self.model
+        return self.column_without()
+
+    def column_without(self, *keys: str) -> str:
+        """The column's name, e.g. "ram (trainer.epochs=200)", leaving `keys` out of the setting."""
+        setting = self.setting_without(*keys)
+        return f"{self.model} ({setting})" if setting else self.model
 
     def get(self, key: str) -> Any:
         """A metrics.json value; glimpses falls back to the config's model.glimpses (None: a whole-image model)."""
@@ -226,9 +239,9 @@ def assign_settings(runs: list[Run]) -> None:
         groups.setdefault((run.data, run.model), []).append(run)
     for group in groups.values():
         shared = set.intersection(*(set(r.config) for r in group)) - IGNORED_KEYS
-        varying = sorted(k for k in shared if len({repr(r.config[k]) for r in group}) > 1)
+        varying = tuple(sorted(k for k in shared if len({repr(r.config[k]) for r in group}) > 1))
         for run in group:
-            run.setting = ", ".join(f"{k}={run.config[k]}" for k in varying)
+            run.varying = varying
 
 
 def drop_duplicates(runs: list[Run]) -> list[Run]:
@@ -421,8 +434,7 @@ def glimpse_lines(cells: dict[tuple[str, str], Cell], data: str) -> tuple[dict[s
         if glimpses is None:
             flat.append((run.model, statistics.fmean(values)))
             continue
-        rest = [kv for kv in run.setting.split(", ") if kv and not kv.startswith("model.glimpses=")]
-        label = f"{run.model} ({', '.join(rest)})" if rest else run.model
+        label = run.column_without("model.glimpses")
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         lines.setdefault(label, (run.model, []))[1].append((glimpses, statistics.fmean(values), std))
     for _, points in lines.values():
@@ -450,20 +462,20 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str) ->
     """Validation error against training step, one line per run, coloured by model."""
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
-        labelled: set[str] = set()
-        styles: dict[str, str] = {}  # one line style per column, so that settings of one model (one colour) tell apart
+        columns: dict[str, list[str]] = {}  # model -> its columns: one colour per model, one line style per column
         for run in runs:
             if run.data != d or not run.curve:
                 continue
             steps, values = zip(*run.curve)
-            same_model = sum(1 for c in styles if c.split(" (")[0] == run.model)
-            style = styles.setdefault(run.column, LINESTYLES[same_model % len(LINESTYLES)])
-            ax.plot(steps, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".", linestyle=style,
-                    label=None if run.column in labelled else run.column)
-            labelled.add(run.column)
+            own = columns.setdefault(run.model, [])
+            first = run.column not in own  # the legend names each column once
+            if first:
+                own.append(run.column)
+            ax.plot(steps, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
+                    linestyle=LINESTYLES[own.index(run.column) % len(LINESTYLES)], label=run.column if first else None)
         ax.set(title=d, xlabel="training step", ylabel="validation error (%)")
         ax.grid(alpha=0.3)
-        if labelled:
+        if columns:
             ax.legend(fontsize=7)
     save(fig, path, note)
 

@@ -23,6 +23,7 @@ Writes into DIR:
     error_vs_macs.png       test error against multiply-accumulates per image (log x)
     error_vs_pixels.png     test error against image pixels read per image (log x)
     curves.png              validation error against training step, from each run's TensorBoard events
+    curves_minutes.png      the same against training minutes (evaluation excluded): learning per unit of compute
 
 Each file states the command that produced it and the machine. `--paper` adds the published figures
 (RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and dram columns.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -70,7 +72,8 @@ IGNORED_KEYS = {"seed", "device", "data.root", "data.download", "trainer.progres
 # A log line that says why a run stopped: a logged error, or the last line of a Python traceback.
 ERROR_LINE = re.compile(r"\[(ERROR|CRITICAL)\]|^([\w.]+(Error|Exception|Interrupt|Exit))\b|\bKilled\b|CANCELLED|OUT_OF_MEMORY")
 FIGURES = {"error_vs_glimpses.png": "test error against glimpses", "error_vs_macs.png": "test error against MACs per image",
-           "error_vs_pixels.png": "test error against pixels read per image", "curves.png": "validation error during training"}
+           "error_vs_pixels.png": "test error against pixels read per image", "curves.png": "validation error during training",
+           "curves_minutes.png": "validation error against training minutes"}
 
 
 @dataclass
@@ -87,7 +90,8 @@ class Run:
     reason: str = ""  # why there is no metrics.json
     varying: tuple[str, ...] = ()  # the config keys that tell this run apart from other runs of its model and data set
     duplicate_of: Path | None = None
-    curve: list[tuple[int, float]] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (training step, validation error) per epoch
+    minutes: list[float] = field(default_factory=list)  # training minutes at each point of `curve`, when known
 
     @property
     def setting(self) -> str:
@@ -139,7 +143,7 @@ class Cell:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Outputs: table.md, runs.csv, error_vs_glimpses.png, error_vs_macs.png, error_vs_pixels.png, curves.png")
+                                epilog="Outputs: table.md, runs.csv, error_vs_glimpses.png, error_vs_macs.png, error_vs_pixels.png, curves.png, curves_minutes.png")
     p.add_argument("folders", nargs="+", type=Path, help="sweep folders (multirun/...) or run folders, searched recursively")
     p.add_argument("--out", type=Path, required=True, help="folder for table.md, runs.csv and the plots")
     p.add_argument("--paper", action="store_true", help="add the published RAM (and DRAW) test errors beside ram (and dram)")
@@ -458,22 +462,37 @@ def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], 
     save(fig, path, note)
 
 
-def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str) -> None:
-    """Validation error against training step, one line per run, coloured by model."""
+def training_minutes(folder: Path, metrics: dict[str, Any], points: int) -> list[float]:
+    """Training minutes (evaluation excluded) at the end of each logged epoch; [] when the events cannot say.
+
+    An epoch took images / (its train/images_per_second); every epoch trains the same images, so an
+    epoch's share of metrics.json's images seen (train_seconds x train_images_per_second) is 1 / epochs.
+    """
+    rates = [rate for _, rate in read_curve(folder, "train/images_per_second")]
+    epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
+    if len(rates) != points or not (epochs and seconds and per_second) or min(rates, default=0) <= 0:
+        return []
+    images = seconds * per_second / epochs
+    return list(itertools.accumulate(images / rate / 60 for rate in rates))
+
+
+def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, minutes: bool = False) -> None:
+    """Validation error against training step (or training minutes), one line per run, coloured by model."""
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
         columns: dict[str, list[str]] = {}  # model -> its columns: one colour per model, one line style per column
         for run in runs:
-            if run.data != d or not run.curve:
+            if run.data != d or not run.curve or (minutes and not run.minutes):
                 continue
             steps, values = zip(*run.curve)
+            x = run.minutes if minutes else steps
             own = columns.setdefault(run.model, [])
             first = run.column not in own  # the legend names each column once
             if first:
                 own.append(run.column)
-            ax.plot(steps, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
+            ax.plot(x, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
                     linestyle=LINESTYLES[own.index(run.column) % len(LINESTYLES)], label=run.column if first else None)
-        ax.set(title=d, xlabel="training step", ylabel="validation error (%)")
+        ax.set(title=d, xlabel="training minutes (evaluation excluded)" if minutes else "training step", ylabel="validation error (%)")
         ax.grid(alpha=0.3)
         if columns:
             ax.legend(fontsize=7)
@@ -489,7 +508,9 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
                        note, log_x=True)
     for run in finished:
         run.curve = read_curve(run.folder)
+        run.minutes = training_minutes(run.folder, run.metrics, len(run.curve))
     plot_curves(out / "curves.png", finished, data_rows, note)
+    plot_curves(out / "curves_minutes.png", finished, data_rows, note, minutes=True)
     return list(FIGURES)
 
 

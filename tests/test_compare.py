@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "compare.py"
-PNGS = ("error_vs_glimpses.png", "error_vs_macs.png", "error_vs_pixels.png", "curves.png")
+PNGS = ("error_vs_glimpses.png", "error_vs_macs.png", "error_vs_pixels.png", "curves.png", "curves_minutes.png")
 
 
 def load_compare():
@@ -58,8 +58,10 @@ def make_run(folder: Path, model: str, data: str, seed: int, error: float | None
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(log_dir=str(folder)) as writer:
-            for step, value in ((10, 50.0 + seed), (20, 10.0 + seed)):
+            # two epochs of 30,000 images: 40 s and 20 s, the 60 s of metrics.json below
+            for step, value, rate in ((10, 50.0 + seed, 750.0), (20, 10.0 + seed, 1500.0)):
                 writer.add_scalar("val/error", value, step)
+                writer.add_scalar("train/images_per_second", rate, step)
     if error is not None:
         metrics = {"model": model, "data": data, "seed": seed, "test_error": error, "test_error_greedy": error + 1.0,
                    "val_error_best": error - 0.5, "epochs": 2, "train_seconds": 60.0, "train_images_per_second": 1000.0,
@@ -175,6 +177,13 @@ def test_command_line_writes_the_same_table(sweep, tmp_path):
 def test_curves_come_from_the_tensorboard_events(sweep):
     assert compare.read_curve(sweep / "1") == [(10, 51.0), (20, 11.0)]  # ram, mnist, seed 1
     assert compare.read_curve(sweep / "1", "no/such_tag") == []
+
+
+def test_training_minutes_add_up_each_epochs_images_over_its_rate(sweep):
+    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert compare.training_minutes(sweep / "1", metrics, 2) == pytest.approx([40 / 60, 1.0])
+    assert compare.training_minutes(sweep / "1", metrics, 3) == []  # the events do not match the curve: no x to plot
+    assert compare.training_minutes(sweep / "1", {}, 2) == []
 
 
 def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tmp_path):

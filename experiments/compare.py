@@ -220,18 +220,25 @@ def load_run(folder: Path) -> Run:
                overrides=[str(o) for o in overrides], config=config, metrics=metrics, reason=reason)
 
 
-def read_curve(folder: Path, tag: str = "val/error") -> list[tuple[int, float]]:
-    """(step, value) of one scalar from the TensorBoard event files in a run folder; [] when absent."""
+def read_scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of each scalar in `tags` from the TensorBoard event files in a run folder, in one pass
+    over them (seconds for a long run with pictures); [] for a tag that is absent."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    scalars: dict[str, list[tuple[int, float]]] = {tag: [] for tag in tags}
     try:
         events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 1, "tensors": 1, "histograms": 1})
         events.Reload()
-        if tag not in events.Tags().get("scalars", []):
-            return []
-        return [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in set(tags) & set(events.Tags().get("scalars", [])):
+            scalars[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
     except Exception:  # noqa: BLE001 - a truncated or foreign event file: no curve for this run, the table still stands
-        return []
+        pass
+    return scalars
+
+
+def read_curve(folder: Path, tag: str = "val/error") -> list[tuple[int, float]]:
+    """(step, value) of one scalar from the TensorBoard event files in a run folder; [] when absent."""
+    return read_scalars(folder, (tag,))[tag]
 
 
 # -------------------------------------------------------------------------------------------- aggregating
@@ -462,13 +469,13 @@ def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], 
     save(fig, path, note)
 
 
-def training_minutes(folder: Path, metrics: dict[str, Any], points: int) -> list[float]:
-    """Training minutes (evaluation excluded) at the end of each logged epoch; [] when the events cannot say.
+def training_minutes(rates: list[float], metrics: dict[str, Any], points: int) -> list[float]:
+    """Training minutes (evaluation excluded) at the end of each of `points` epochs, from each epoch's logged
+    train/images_per_second (`rates`); [] when they cannot say.
 
-    An epoch took images / (its train/images_per_second); every epoch trains the same images, so an
-    epoch's share of metrics.json's images seen (train_seconds x train_images_per_second) is 1 / epochs.
+    An epoch took images / its rate; every epoch trains the same images, so an epoch's share of
+    metrics.json's images seen (train_seconds x train_images_per_second) is 1 / epochs.
     """
-    rates = [rate for _, rate in read_curve(folder, "train/images_per_second")]
     epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
     if len(rates) != points or not (epochs and seconds and per_second) or min(rates, default=0) <= 0:
         return []
@@ -507,8 +514,9 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
     plot_error_against(out / "error_vs_pixels.png", "pixels_per_image", "pixels read per image (log)", cells, data_rows,
                        note, log_x=True)
     for run in finished:
-        run.curve = read_curve(run.folder)
-        run.minutes = training_minutes(run.folder, run.metrics, len(run.curve))
+        scalars = read_scalars(run.folder, ("val/error", "train/images_per_second"))
+        run.curve = scalars["val/error"]
+        run.minutes = training_minutes([rate for _, rate in scalars["train/images_per_second"]], run.metrics, len(run.curve))
     plot_curves(out / "curves.png", finished, data_rows, note)
     plot_curves(out / "curves_minutes.png", finished, data_rows, note, minutes=True)
     return list(FIGURES)

@@ -181,9 +181,10 @@ def test_curves_come_from_the_tensorboard_events(sweep):
 
 def test_training_minutes_add_up_each_epochs_images_over_its_rate(sweep):
     metrics = json.loads((sweep / "1" / "metrics.json").read_text())
-    assert compare.training_minutes(sweep / "1", metrics, 2) == pytest.approx([40 / 60, 1.0])
-    assert compare.training_minutes(sweep / "1", metrics, 3) == []  # the events do not match the curve: no x to plot
-    assert compare.training_minutes(sweep / "1", {}, 2) == []
+    rates = [rate for _, rate in compare.read_curve(sweep / "1", "train/images_per_second")]
+    assert compare.training_minutes(rates, metrics, 2) == pytest.approx([40 / 60, 1.0])
+    assert compare.training_minutes(rates, metrics, 3) == []  # the events do not match the curve: no x to plot
+    assert compare.training_minutes(rates, {}, 2) == []
 
 
 def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tmp_path):

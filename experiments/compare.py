@@ -23,6 +23,7 @@ Writes into DIR:
     error_vs_macs.png       test error against multiply-accumulates per image (log x)
     error_vs_pixels.png     test error against image pixels read per image (log x)
     curves.png              validation error against training step, from each run's TensorBoard events
+                            (or, for a run kept without them, its train.log's epoch lines)
     curves_minutes.png      the same against training minutes (evaluation excluded): learning per unit of compute
 
 Each file states the command that produced it and the machine. `--paper` adds the published figures
@@ -236,6 +237,33 @@ def read_scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[in
     return scalars
 
 
+# glimpse.train's line at each epoch's end: "epoch 3/90: train ce 0.4266, val error 7.83% (greedy 13.62%), 6028 images/s"
+EPOCH_LINE = re.compile(r"- epoch (\d+)/\d+: .*val error ([0-9.]+)%.*, ([0-9.]+) images/s\s*$")
+
+
+def read_log_scalars(folder: Path, metrics: dict[str, Any], batch_size: Any) -> dict[str, list[tuple[int, float]]]:
+    """val/error and train/images_per_second at each epoch's end from train.log, for a run folder kept without
+    its event files (experiments/results/runs/): the values as the log rounds them (0.01 points, 1 image/s),
+    at the events' steps, (epoch + 1) x steps per epoch, with an epoch's images from metrics.json. A resumed
+    run's log may repeat epochs: the last line of each counts. Empty lists when the log or figures are missing."""
+    empty: dict[str, list[tuple[int, float]]] = {"val/error": [], "train/images_per_second": []}
+    epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
+    try:
+        lines = (folder / "train.log").read_text().splitlines()
+        steps_per_epoch = -(-round(seconds * per_second / epochs) // int(batch_size))
+    except (OSError, TypeError, ValueError, ZeroDivisionError):
+        return empty
+    last: dict[int, tuple[float, float]] = {}
+    for line in lines:
+        if match := EPOCH_LINE.search(line):
+            last[int(match[1])] = (float(match[2]), float(match[3]))
+    epochs_logged = sorted(last)
+    if epochs_logged != list(range(1, len(epochs_logged) + 1)):  # a gap: the log is not the whole run
+        return empty
+    return {"val/error": [(e * steps_per_epoch, last[e][0]) for e in epochs_logged],
+            "train/images_per_second": [(e * steps_per_epoch, last[e][1]) for e in epochs_logged]}
+
+
 def read_curve(folder: Path, tag: str = "val/error") -> list[tuple[int, float]]:
     """(step, value) of one scalar from the TensorBoard event files in a run folder; [] when absent."""
     return read_scalars(folder, (tag,))[tag]
@@ -405,7 +433,7 @@ def subplots(data_rows: list[str], note: str):
 
 
 def save(fig, path: Path, note: str) -> None:
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.09, 1, 1))  # room for a provenance note of up to 3 lines
     fig.savefig(path, dpi=110, metadata={"Description": note, "Software": "experiments/compare.py"})
     plt.close(fig)
 
@@ -484,9 +512,16 @@ def training_minutes(rates: list[float], metrics: dict[str, Any], points: int) -
 
 
 def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, minutes: bool = False) -> None:
-    """Validation error against training step (or training minutes), one line per run, coloured by model."""
+    """Validation error against training step (or training minutes), one line per run, coloured by model.
+
+    The error axis is logarithmic: runs fall from tens of percent to a few, and what separates them at the
+    end (a point or less) would otherwise be a few pixels."""
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, 50
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         columns: dict[str, list[str]] = {}  # model -> its columns: one colour per model, one line style per column
         for run in runs:
             if run.data != d or not run.curve or (minutes and not run.minutes):
@@ -499,8 +534,8 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
                 own.append(run.column)
             ax.plot(x, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
                     linestyle=LINESTYLES[own.index(run.column) % len(LINESTYLES)], label=run.column if first else None)
-        ax.set(title=d, xlabel="training minutes (evaluation excluded)" if minutes else "training step", ylabel="validation error (%)")
-        ax.grid(alpha=0.3)
+        ax.set(title=d, xlabel="training minutes (evaluation excluded)" if minutes else "training step", ylabel="validation error (%, log)")
+        ax.grid(alpha=0.3, which="both")
         if columns:
             ax.legend(fontsize=7)
     save(fig, path, note)
@@ -515,6 +550,8 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
                        note, log_x=True)
     for run in finished:
         scalars = read_scalars(run.folder, ("val/error", "train/images_per_second"))
+        if not scalars["val/error"]:
+            scalars = read_log_scalars(run.folder, run.metrics, run.config.get("trainer.batch_size"))
         run.curve = scalars["val/error"]
         run.minutes = training_minutes([rate for _, rate in scalars["train/images_per_second"]], run.metrics, len(run.curve))
     plot_curves(out / "curves.png", finished, data_rows, note)

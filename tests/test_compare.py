@@ -187,6 +187,22 @@ def test_training_minutes_add_up_each_epochs_images_over_its_rate(sweep):
     assert compare.training_minutes(rates, {}, 2) == []
 
 
+def test_a_run_kept_without_its_events_has_its_curve_from_train_log(tmp_path):
+    # as in experiments/results/runs/: config, metrics.json and train.log only; the run was resumed in epoch 2
+    line = "[2026-01-01 10:0{0}:00,000][glimpse.train][INFO] - epoch {0}/2: train ce 0.5, val error {1:.2f}% (greedy 60.00%), {2:.0f} images/s"
+    log = "\n".join([line.format(1, 50.0, 750), "[..][glimpse.train][INFO] - resuming from epoch 2", line.format(2, 12.0, 1400),
+                     line.format(2, 11.0, 1500), ""])
+    run = make_run(tmp_path / "kept", "ram", "mnist", 0, 1.0, curve=False, log=log)
+    metrics = json.loads((run / "metrics.json").read_text())  # 60,000 images in 2 epochs
+    scalars = compare.read_log_scalars(run, metrics, 128)
+    steps = -(-30_000 // 128)
+    assert scalars == {"val/error": [(steps, 50.0), (2 * steps, 11.0)], "train/images_per_second": [(steps, 750.0), (2 * steps, 1500.0)]}
+    assert compare.training_minutes([rate for _, rate in scalars["train/images_per_second"]], metrics, 2) == pytest.approx([40 / 60, 1.0])
+    assert compare.read_log_scalars(run, {}, 128)["val/error"] == []  # no metrics: no step to place a point at
+    (run / "train.log").write_text(line.format(2, 11.0, 1500))  # epoch 1 missing: not the whole run
+    assert compare.read_log_scalars(run, metrics, 128)["val/error"] == []
+
+
 def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tmp_path):
     root = tmp_path / "runs"
     for seed, (g4, g8) in enumerate([(3.0, 2.0), (3.5, 2.5)]):

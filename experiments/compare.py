@@ -519,7 +519,7 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, 50
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # 1, 2, 3, 5, 10, 20, 30, 50
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         columns: dict[str, list[str]] = {}  # model -> its columns: one colour per model, one line style per column

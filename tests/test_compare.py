@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -201,6 +202,21 @@ def test_a_run_kept_without_its_events_has_its_curve_from_train_log(tmp_path):
     assert compare.read_log_scalars(run, {}, 128)["val/error"] == []  # no metrics: no step to place a point at
     (run / "train.log").write_text(line.format(2, 11.0, 1500))  # epoch 1 missing: not the whole run
     assert compare.read_log_scalars(run, metrics, 128)["val/error"] == []
+
+
+@pytest.mark.parametrize("made", sorted((ROOT / "experiments" / "results").glob("*/table.md")), ids=lambda p: p.parent.name)
+def test_the_committed_comparisons_are_remade_from_the_committed_runs(made, tmp_path, monkeypatch):
+    # Each table.md under experiments/results/ names the command that made it, over run folders kept in the
+    # repository (experiments/results/runs/): run again, it gives the same table, its provenance line aside.
+    command = re.search(r"Produced by `python experiments/compare.py (.*?)` on ", made.read_text())
+    if command is None:
+        pytest.skip("not a compare.py table")
+    args = shlex.split(command[1])
+    args[args.index("--out") + 1] = str(tmp_path)
+    monkeypatch.chdir(ROOT)
+    assert compare.main(args) == 0
+    body = lambda path: [line for line in path.read_text().splitlines() if not line.startswith("Produced by")]  # noqa: E731
+    assert body(tmp_path / "table.md") == body(made)
 
 
 def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tmp_path):

@@ -37,6 +37,7 @@ import csv
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -250,7 +251,7 @@ def read_log_scalars(folder: Path, metrics: dict[str, Any], batch_size: Any) -> 
     epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
     try:
         lines = (folder / "train.log").read_text().splitlines()
-        steps_per_epoch = -(-round(seconds * per_second / epochs) // int(batch_size))
+        steps_per_epoch = math.ceil(round(seconds * per_second / epochs) / int(batch_size))  # as glimpse.train counts them
     except (OSError, TypeError, ValueError, ZeroDivisionError):
         return empty
     last: dict[int, tuple[float, float]] = {}

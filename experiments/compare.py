@@ -13,7 +13,7 @@ when there is one, and are never averaged. Finished runs are grouped by data set
 `.hydra/config.yaml`, e.g. a sweep over model.glimpses), each setting gets its own column, named by
 the keys that differ; keys that do not change a result (data.root, device, progress bars, ...) and keys
 missing from some of the runs are not compared. Two finished runs of the same setting and seed count
-once: the newer is used, the other is listed as a duplicate.
+once: the one that finished later (its train.log's last timestamp) is used, the other is listed as a duplicate.
 
 Writes into DIR:
     table.md                test error (sampled policy) mean ± sample std over seeds, greedy-policy
@@ -284,10 +284,23 @@ def assign_settings(runs: list[Run]) -> None:
             run.varying = varying
 
 
+LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+
+
+def finished_at(run: Run) -> tuple[str, float]:
+    """When a run finished, for ordering: its train.log's last timestamp (a copied or cloned folder keeps it,
+    where file times are the copy's), then metrics.json's modification time."""
+    try:
+        stamps = [m[1] for line in (run.folder / "train.log").read_text().splitlines() if (m := LOG_TIME.match(line))]
+    except OSError:
+        stamps = []
+    return (stamps[-1] if stamps else "", (run.folder / "metrics.json").stat().st_mtime)
+
+
 def drop_duplicates(runs: list[Run]) -> list[Run]:
-    """Keep the newest finished run of each (data set, setting, seed); mark the others as duplicates."""
+    """Keep the newest finished run of each (data set, setting, seed) (`finished_at`); mark the others as duplicates."""
     newest: dict[tuple[str, str, Any], Run] = {}
-    for run in sorted(runs, key=lambda r: (r.folder / "metrics.json").stat().st_mtime):
+    for run in sorted(runs, key=finished_at):
         key = (run.data, run.column, run.seed)
         if key in newest:
             newest[key].duplicate_of = run.folder

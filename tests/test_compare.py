@@ -240,6 +240,18 @@ def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tm
     assert str(unfinished) in failed and "trainer.resume=true" in failed and "epoch 3/90" in failed
 
 
+def test_of_two_runs_of_one_setting_and_seed_the_later_finished_counts_even_in_a_copy(tmp_path):
+    # copied or cloned folders carry the copy's file times; the log's timestamps say which run finished last
+    log = "[2026-01-0{} 10:00:00,000][glimpse.train][INFO] - epoch 2/2: ...\n"
+    later = make_run(tmp_path / "runs" / "a", "ram", "mnist", 0, 2.0, log=log.format(2))
+    earlier = make_run(tmp_path / "runs" / "b", "ram", "mnist", 0, 3.0, log=log.format(1))
+    os.utime(earlier / "metrics.json", (time.time() + 60, time.time() + 60))  # copied last
+    runs = [compare.load_run(f) for f in (later, earlier)]
+    compare.assign_settings(runs)
+    assert [r.folder for r in compare.drop_duplicates(runs)] == [later]
+    assert runs[1].duplicate_of == later
+
+
 def test_a_glimpse_sweep_is_one_line_and_a_longer_budget_another(tmp_path):
     root = tmp_path / "runs"
     for glimpses, error in ((4, 3.0), (8, 2.0)):

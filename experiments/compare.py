@@ -238,6 +238,13 @@ def read_scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[in
     return scalars
 
 
+def images_per_epoch(metrics: dict[str, Any]) -> float | None:
+    """Images one training epoch sees: metrics.json's images seen (train_seconds x train_images_per_second)
+    over its epochs, as every epoch trains the same images; None when metrics.json cannot say."""
+    epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
+    return seconds * per_second / epochs if epochs and seconds and per_second else None
+
+
 # glimpse.train's line at each epoch's end: "epoch 3/90: train ce 0.4266, val error 7.83% (greedy 13.62%), 6028 images/s"
 EPOCH_LINE = re.compile(r"- epoch (\d+)/\d+: .*val error ([0-9.]+)%.*, ([0-9.]+) images/s\s*$")
 
@@ -248,10 +255,10 @@ def read_log_scalars(folder: Path, metrics: dict[str, Any], batch_size: Any) -> 
     at the events' steps, (epoch + 1) x steps per epoch, with an epoch's images from metrics.json. A resumed
     run's log may repeat epochs: the last line of each counts. Empty lists when the log or figures are missing."""
     empty: dict[str, list[tuple[int, float]]] = {"val/error": [], "train/images_per_second": []}
-    epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
+    images = images_per_epoch(metrics)
     try:
         lines = (folder / "train.log").read_text().splitlines()
-        steps_per_epoch = math.ceil(round(seconds * per_second / epochs) / int(batch_size))  # as glimpse.train counts them
+        steps_per_epoch = math.ceil(round(images) / int(batch_size))  # as glimpse.train counts them
     except (OSError, TypeError, ValueError, ZeroDivisionError):
         return empty
     last: dict[int, tuple[float, float]] = {}
@@ -515,13 +522,11 @@ def training_minutes(rates: list[float], metrics: dict[str, Any], points: int) -
     """Training minutes (evaluation excluded) at the end of each of `points` epochs, from each epoch's logged
     train/images_per_second (`rates`); [] when they cannot say.
 
-    An epoch took images / its rate; every epoch trains the same images, so an epoch's share of
-    metrics.json's images seen (train_seconds x train_images_per_second) is 1 / epochs.
+    An epoch took `images_per_epoch` / its rate.
     """
-    epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
-    if len(rates) != points or not (epochs and seconds and per_second) or min(rates, default=0) <= 0:
+    images = images_per_epoch(metrics)
+    if len(rates) != points or images is None or min(rates, default=0) <= 0:
         return []
-    images = seconds * per_second / epochs
     return list(itertools.accumulate(images / rate / 60 for rate in rates))
 
 

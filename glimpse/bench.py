@@ -154,7 +154,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     peak = 2 * b * 512 * 256 / med["matmul"] / 1e9
     return {
         "model": m.name, "data": cfg.data.name, "batch_size": b, "glimpses": m.get("glimpses"),
-        "sensor": dict(cfg.sensor), "device": str(device), "cuda_graph": isinstance(take_step, GraphedStep), "threads": torch.get_num_threads(),
+        "sensor": dict(cfg.sensor), "device": str(device), "cuda_graph": isinstance(take_step, GraphedStep),
+        "precision": cfg.trainer.precision, "threads": torch.get_num_threads(),
         "steps": steps, "repeats": repeats,
         "train_images_per_second": b / step,
         "train_images_per_second_repeats": [round(b / s, 1) for s in t["train"]],

@@ -155,6 +155,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):
         boolean(key)
     one_of("trainer.on_nonfinite", ("stop", "skip"))
+    one_of("trainer.precision", ("fp32", "bf16"))
     v = _get(cfg, "trainer.checkpoint_every_minutes")
     if not (_is_number(v) and v >= 0):
         raise ConfigError("trainer.checkpoint_every_minutes", v, "a number of minutes >= 0 (0: only at epoch ends)")

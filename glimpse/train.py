@@ -17,6 +17,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model, load_weights
 from glimpse.models import build_model
+from glimpse.models.common import Episode
 from glimpse.objectives import hybrid_loss
 from glimpse.visual import hparam_metrics, log_hparams, log_pictures
 
@@ -47,24 +49,33 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> tuple[torch.optim
     return opt, sched
 
 
+def mixed_precision(device: torch.device, precision: str = "fp32", cache: bool = True) -> torch.autocast:
+    """`trainer.precision`'s context for a training step's forward and loss: bf16 is torch.autocast's bfloat16
+    (matrix products in bfloat16; weights, gradients, Adam and the loss in float32), fp32 changes nothing.
+    `cache=False` inside a CUDA graph capture, whose casts must not outlive it."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache)
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               generator: torch.Generator, m: DictConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+               generator: torch.Generator, m: DictConfig, precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
     """One Adam step on the hybrid loss of one episode; skipped when the loss or a gradient is not finite.
 
     Returns the loss, its terms (detached) and whether the weights were updated. `glimpse.bench`
     times this very function (the loop's running sums of the terms, a few small additions, it does not).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss, terms, bad = backward(model, model(images, generator=generator), labels, m)
+    loss, terms, bad = backward(model, lambda: model(images, generator=generator), labels, m, precision)
     finite = not bool(bad)  # one sync per step: a NaN/inf must never reach the weights or the checkpoints
     if finite:
         optimizer.step()
     return loss, terms, finite
 
 
-def backward(model: torch.nn.Module, episode, labels: torch.Tensor, m: DictConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """The hybrid loss of `episode`, backpropagated: the loss (detached), its terms, and `nonfinite`."""
-    loss, terms = hybrid_loss(episode, labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
+def backward(model: torch.nn.Module, episode: Callable[[], Episode], labels: torch.Tensor, m: DictConfig,
+             precision: str = "fp32", cache: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The hybrid loss of `episode()` (run under `mixed_precision`), backpropagated: the loss (detached), its terms, and `nonfinite`."""
+    with mixed_precision(labels.device, precision, cache):
+        loss, terms = hybrid_loss(episode(), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
     loss.backward()
     loss = loss.detach()  # nothing may keep this step's autograd graph (on CUDA: its streams) alive into the next
     return loss, terms, nonfinite(model, loss)
@@ -92,8 +103,8 @@ class GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m: DictConfig):
-        self.model, self.optimizer, self.m = model, optimizer, m
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m: DictConfig, precision: str = "fp32"):
+        self.model, self.optimizer, self.m, self.precision = model, optimizer, m, precision
         device = next(model.parameters()).device
         self.lr, self.found_inf = torch.zeros((), device=device), torch.zeros((), device=device)
         self.side = torch.cuda.Stream(device)  # the warm-up's stream
@@ -108,7 +119,7 @@ class GraphedStep:
             self.start = images.new_empty(b, 2)
             self.noise = images.new_empty(b, self.model.glimpses - 1, 2)
         if images.shape != self.shape:
-            return train_step(self.model, self.optimizer, images, labels, generator, self.m)
+            return train_step(self.model, self.optimizer, images, labels, generator, self.m, self.precision)
         self.images.copy_(images)
         self.labels.copy_(labels)
         start, noise = self.model.draws(len(labels), images.device, generator)
@@ -135,7 +146,8 @@ class GraphedStep:
 
     def _step(self, capturing: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """train_step's body without a host decision: the episode, the loss, backward, Adam (a no-op if not finite)."""
-        loss, terms, bad = backward(self.model, self.model.episode(self.images, self.start, self.noise), self.labels, self.m)
+        loss, terms, bad = backward(self.model, lambda: self.model.episode(self.images, self.start, self.noise), self.labels, self.m,
+                                    self.precision, cache=False)
         self.found_inf.copy_(bad)
         # Adam reads the device lr and found_inf only here; its groups keep float lrs for the schedule and checkpoints.
         groups = self.optimizer.param_groups
@@ -156,8 +168,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
     """The step the loop calls as take_step(images, labels, generator): GraphedStep for RAM on CUDA with
     `trainer.cuda_graph`, else `train_step`."""
     if device.type == "cuda" and cfg.trainer.get("cuda_graph", False) and hasattr(model, "draws"):
-        return GraphedStep(model, optimizer, cfg.model)
-    return functools.partial(train_step, model, optimizer, m=cfg.model)
+        return GraphedStep(model, optimizer, cfg.model, cfg.trainer.precision)
+    return functools.partial(train_step, model, optimizer, m=cfg.model, precision=cfg.trainer.precision)
 
 
 # Keys that may change between a run and its resumption without changing what it computes.

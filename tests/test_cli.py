@@ -26,6 +26,7 @@ BAD_CONFIG = {
     "trainer.lr=0": "trainer.lr",
     "trainer.schedule=linear": "trainer.schedule",
     "trainer.on_nonfinite=ignore": "trainer.on_nonfinite",
+    "trainer.precision=fp16": "trainer.precision",
     "trainer.checkpoint_every_minutes=-1": "trainer.checkpoint_every_minutes",
     "trainer.visual_every=-2": "trainer.visual_every",
     "trainer.resume=maybe": "trainer.resume",

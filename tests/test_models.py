@@ -8,7 +8,7 @@ from glimpse.errors import ConfigError
 from glimpse.models import MODELS, build_model
 from glimpse.models.soft import grid_locations
 from glimpse.objectives import hybrid_loss
-from glimpse.train import train
+from glimpse.train import make_optimizer, train, train_step
 from tests.conftest import make_cfg, needs_mnist
 
 
@@ -22,6 +22,22 @@ def test_every_preset_builds_and_classifies(name, data, shape):
     loss, terms = hybrid_loss(episode, torch.tensor([1, 2, 3]))
     loss.backward()
     assert ("loss/reinforce" in terms) == (name == "ram")  # only RAM has a REINFORCE term
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_takes_a_bf16_training_step_with_float32_weights(name):
+    """trainer.precision=bf16: the forward under torch.autocast, weights, gradients and Adam in float32."""
+    cfg = make_cfg(f"experiment={name}_mnist", "trainer.precision=bf16")
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 28, 28), 10)
+    optimizer, _ = make_optimizer(model, cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    loss, _, finite = train_step(model, optimizer, images, labels, torch.Generator().manual_seed(0), cfg.model, "bf16")
+    assert finite and torch.isfinite(loss)
+    for p, p0 in zip(model.parameters(), before):
+        assert p.dtype == p.grad.dtype == torch.float32
+    assert any(not torch.equal(p, p0) for p, p0 in zip(model.parameters(), before))
 
 
 def test_soft_attention_weights_sum_to_one_over_the_grid_at_every_step():

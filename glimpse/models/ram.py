@@ -118,26 +118,29 @@ class RNNEpisode(torch.autograd.Function):
     paper), so only h_T, through the action network, carries a gradient into the
     core; the means and baselines carry theirs into their own weights only. The
     samples and locations have none, and images need none.
+    `dtype` is the products' dtype: the weights' (float32), or bfloat16 under trainer.precision=bf16, in which
+    case the core and the glimpse network's output layer multiply and keep their activations in bfloat16, the
+    glimpse network's small what/where products, the heads, the locations and the gradients stay float32.
     For T >= 2 glimpses (one glimpse samples no location: RAM runs its plain loop).
     Returns h_T (B, hidden), the heads [mu_t (2), b_t] (T-1, B, 3) and, without
     gradient, the locations (T, B, 2) and the samples (T-1, B, 2).
     """
 
     @staticmethod
-    def forward(ctx, images: Tensor, loc: Tensor, noise: Tensor | None, sensor: Sensor, steps: int, w_what: Tensor, b_what: Tensor,
+    def forward(ctx, images: Tensor, loc: Tensor, noise: Tensor | None, sensor: Sensor, steps: int, dtype: torch.dtype, w_what: Tensor, b_what: Tensor,
                 w_where: Tensor, b_where: Tensor, w_out: Tensor, b_out: Tensor, w_core: Tensor, b_core: Tensor,
                 w_loc: Tensor, b_loc: Tensor, w_base: Tensor, b_base: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, (what, p), g_size = images.shape[0], w_what.shape, w_out.shape[0]
         new = images.new_empty
-        # products read x @ W.t(): the transposes once, not every step
-        w_what_t, w_where_t, w_out_t = w_what.t(), w_where.t(), w_out.t()
-        w_ig, w_hh = w_core[:, :g_size].t(), w_core[:, g_size:].t()
+        # products read x @ W.t(): the transposes (and casts to `dtype`) once, not every step
+        w_what_t, w_where_t, w_out_t = w_what.t(), w_where.t(), w_out.t().to(dtype)
+        w_ig, w_hh = w_core[:, :g_size].t().to(dtype), w_core[:, g_size:].t().to(dtype)
         w_heads, b_heads = torch.cat((w_loc, w_base)).t(), torch.cat((b_loc, b_base))  # [mu, b] from h
         inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
         # Each layer's outputs for all steps start as its bias (one copy each); the products add into them.
         y = torch.cat((b_what, b_where)).expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
-        gs = b_out.expand(steps, b, -1).clone()
-        hs = b_core.expand(steps, b, -1).clone()
+        gs = b_out.to(dtype).expand(steps, b, -1).clone()
+        hs = b_core.to(dtype).expand(steps, b, -1).clone()
         heads = new(steps - 1, b, 3)
         samples = new(steps - 1, b, 2)
         inputs[0, :, p:] = loc
@@ -146,45 +149,49 @@ class RNNEpisode(torch.autograd.Function):
             y_t[:, :what].addmm_(x[:, :p], w_what_t)
             y_t[:, what:].addmm_(x[:, p:], w_where_t)
             y_t.relu_()
-            g.addmm_(y_t, w_out_t).relu_()
+            g.addmm_(y_t.to(dtype), w_out_t).relu_()
             h.addmm_(g, w_ig)
             if t:  # h_0 = 0: the first step has no recurrent term
                 h.addmm_(hs[t - 1], w_hh)
             h.relu_()
             if t == steps - 1:
                 break
-            mu = torch.addmm(b_heads, h, w_heads, out=heads[t])[:, :2].tanh_()
+            mu = torch.addmm(b_heads, h.to(heads.dtype), w_heads, out=heads[t])[:, :2].tanh_()
             sample = samples[t].copy_(mu) if noise is None else torch.add(mu, noise[:, t], out=samples[t])
             torch.clamp(sample, -1, 1, out=inputs[t + 1, :, p:])
         ctx.save_for_backward(inputs, y, gs, hs, heads, w_out, w_core)
         ctx.what = what
+        ctx.dtype = dtype
         locations = inputs[:, :, p:].contiguous()
         ctx.mark_non_differentiable(locations, samples)
-        return hs[-1].clone(), heads, locations, samples
+        return hs[-1].to(images.dtype, copy=True), heads, locations, samples
 
     @staticmethod
     def backward(ctx, d_last: Tensor, d_heads: Tensor, _d_locations: Tensor, _d_samples: Tensor):
         inputs, y, gs, hs, heads, w_out, w_core = ctx.saved_tensors
         steps, p, g_size, what = hs.shape[0], inputs.shape[2] - 2, w_out.shape[0], ctx.what
+        dt, f = ctx.dtype, w_core.dtype  # the products', the weights' (and their gradients') dtypes
+        inputs, y, gs, hs = inputs.to(dt), y.to(dt), gs.to(dt), hs.to(dt)
         flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
         # the heads on the detached h_t: b_t = pre passes its gradient as it is, mu_t = tanh(pre) scales it by 1 - mu^2
         d_pre_heads = d_heads.clone()
         d_pre_heads[..., :2] *= 1 - heads[..., :2] ** 2
-        d_w_heads, d_b_heads = flat(d_pre_heads).t() @ flat(hs[:-1]), flat(d_pre_heads).sum(0)
-        w_hh = w_core[:, g_size:]
+        d_w_heads, d_b_heads = (flat(d_pre_heads).t().to(dt) @ flat(hs[:-1])).to(f), flat(d_pre_heads).sum(0)
+        w_hh = w_core[:, g_size:].to(dt)
         d_pre = torch.empty_like(hs)  # dL/d(pre-activation of h_t)
         for t in reversed(range(steps)):
-            d_h = d_last if t == steps - 1 else d_pre[t + 1] @ w_hh
+            d_h = d_last.to(dt) if t == steps - 1 else d_pre[t + 1] @ w_hh
             torch.ops.aten.threshold_backward.grad_input(d_h, hs[t], 0, grad_input=d_pre[t])
         d_w_ig = flat(d_pre).t() @ flat(gs)
         d_w_hh = flat(d_pre[1:]).t() @ flat(hs[:-1])
-        d_w_core, d_b_core = torch.cat((d_w_ig, d_w_hh), 1), flat(d_pre).sum(0)
-        d_g = torch.ops.aten.threshold_backward(flat(d_pre) @ w_core[:, :g_size], flat(gs), 0)
-        d_w_out, d_b_out = d_g.t() @ flat(y), d_g.sum(0)
-        d_y = torch.ops.aten.threshold_backward(d_g @ w_out, flat(y), 0)
-        d_b_in, x = d_y.sum(0), flat(inputs)
-        return (None, None, None, None, None, d_y[:, :what].t() @ x[:, :p], d_b_in[:what], d_y[:, what:].t() @ x[:, p:],
-                d_b_in[what:], d_w_out, d_b_out, d_w_core, d_b_core, d_w_heads[:2], d_b_heads[:2], d_w_heads[2:], d_b_heads[2:])
+        d_w_core, d_b_core = torch.cat((d_w_ig, d_w_hh), 1).to(f), flat(d_pre).sum(0, dtype=f)
+        d_g = torch.ops.aten.threshold_backward(flat(d_pre) @ w_core[:, :g_size].to(dt), flat(gs), 0)
+        d_w_out, d_b_out = (d_g.t() @ flat(y)).to(f), d_g.sum(0, dtype=f)
+        d_y = torch.ops.aten.threshold_backward(d_g @ w_out.to(dt), flat(y), 0)
+        d_b_in, x = d_y.sum(0, dtype=f), flat(inputs)
+        d_w_what, d_w_where = (d_y[:, :what].t() @ x[:, :p]).to(f), (d_y[:, what:].t() @ x[:, p:]).to(f)
+        return (None, None, None, None, None, None, d_w_what, d_b_in[:what], d_w_where, d_b_in[what:], d_w_out, d_b_out,
+                d_w_core, d_b_core, d_w_heads[:2], d_b_heads[:2], d_w_heads[2:], d_b_heads[2:])
 
 
 class RAM(nn.Module):
@@ -272,10 +279,15 @@ class RAM(nn.Module):
     def fused_episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """`episode` for core="rnn" through RNNEpisode: the same values and gradients, fewer and larger operations."""
         g, c = self.glimpse_net, self.core.cell
-        h_last, heads, locations, samples = RNNEpisode.apply(
-            images, loc, noise, self.sensor, self.glimpses, g.what.weight, g.what.bias, g.where.weight, g.where.bias,
-            g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias,
-            self.baseline_net.fc.weight, self.baseline_net.fc.bias)
+        # Under torch.autocast (trainer.precision=bf16) RNNEpisode makes its large products in autocast's dtype
+        # itself: autocast would cast the small ones too, and the heads, each step.
+        kind = images.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else c.weight.dtype
+        with torch.autocast(kind, enabled=False):
+            h_last, heads, locations, samples = RNNEpisode.apply(
+                images, loc, noise, self.sensor, self.glimpses, dtype, g.what.weight, g.what.bias, g.where.weight, g.where.bias,
+                g.out.weight, g.out.bias, c.weight, c.bias, self.location_net.fc.weight, self.location_net.fc.bias,
+                self.baseline_net.fc.weight, self.baseline_net.fc.bias)
         return self.outcome(h_last, locations.transpose(0, 1), samples, heads[..., :2], heads[..., 2])
 
     def outcome(self, h_last: Tensor, locations: Tensor, samples: Tensor, means: Tensor, baselines: Tensor) -> Episode:

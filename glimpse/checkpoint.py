@@ -78,8 +78,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", required: t
     return payload
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """'key: saved -> current' for every config key that differs (nested keys dotted), `ignore`d keys left out."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = (),
+                       absent: dict[str, Any] | None = None) -> list[str]:
+    """'key: saved -> current' for every config key that differs (nested keys dotted), `ignore`d keys left out.
+
+    `absent` maps keys added to the config after `saved` may have been written to the value that
+    computes what a config without them did: a saved config lacking one of them holds that value.
+    """
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -87,6 +92,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: I
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    a, b, skip = flat(saved), flat(current), set(ignore)
+    a, b, skip = {**(absent or {}), **flat(saved)}, flat(current), set(ignore)
     return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in sorted(a.keys() | b.keys())
             if k not in skip and a.get(k, "<absent>") != b.get(k, "<absent>")]

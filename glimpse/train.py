@@ -177,6 +177,10 @@ RESUMABLE_CHANGES = ("trainer.resume", "trainer.progress", "trainer.checkpoint_e
                      "trainer.visual_images", "trainer.cuda_graph", "data.root", "data.download")
 
 
+# Keys added after run folders were written without them: the value that computes what those runs did.
+ADDED_KEYS = {"trainer.precision": "fp32"}
+
+
 class NonFiniteError(UserError):
     """A NaN or infinite loss or gradient with trainer.on_nonfinite=stop."""
 
@@ -210,7 +214,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if resume:
         # Loaded on the CPU: the RNG states must stay CPU byte tensors; weights and Adam's state move to `device` as they load.
         state = checkpoint.load(last_path, map_location="cpu", required=("config", "model", "optimizer", "scheduler", "progress"))
-        changed = checkpoint.config_differences(state["config"], config, ignore=RESUMABLE_CHANGES)
+        changed = checkpoint.config_differences(state["config"], config, ignore=RESUMABLE_CHANGES, absent=ADDED_KEYS)
         if changed:
             raise UserError(f"checkpoint {last_path} was written by a different config; differing keys: {'; '.join(changed)}")
         load_weights(model, state["model"], last_path)

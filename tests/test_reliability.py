@@ -150,6 +150,17 @@ def test_resume_with_a_different_model_config_names_the_keys_that_differ(tmp_pat
         train(make_cfg(*TINY, "trainer.resume=true"), tmp_path)
 
 
+def test_a_checkpoint_written_before_a_key_existed_holds_the_value_that_computes_the_same():
+    from glimpse.train import ADDED_KEYS, RESUMABLE_CHANGES
+
+    current = OmegaConf.to_container(make_cfg(*TINY), resolve=True)
+    older = OmegaConf.to_container(make_cfg(*TINY), resolve=True)
+    del older["trainer"]["precision"]  # written before trainer.precision existed: float32 throughout
+    assert checkpoint.config_differences(older, current, RESUMABLE_CHANGES, absent=ADDED_KEYS) == []
+    current["trainer"]["precision"] = "bf16"
+    assert checkpoint.config_differences(older, current, RESUMABLE_CHANGES, absent=ADDED_KEYS) == ["trainer.precision: fp32 -> bf16"]
+
+
 @needs_mnist
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import glimpse.train

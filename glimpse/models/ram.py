@@ -119,8 +119,9 @@ class RNNEpisode(torch.autograd.Function):
     core; the means and baselines carry theirs into their own weights only. The
     samples and locations have none, and images need none.
     `dtype` is the products' dtype: the weights' (float32), or bfloat16 under trainer.precision=bf16, in which
-    case the core and the glimpse network's output layer multiply and keep their activations in bfloat16, the
-    glimpse network's small what/where products, the heads, the locations and the gradients stay float32.
+    case the core and the glimpse network's output layer multiply and keep their activations in bfloat16 and
+    the backward's products are bfloat16; the forward's small what/where products, the heads (so the
+    locations) and the gradients handed back stay float32.
     For T >= 2 glimpses (one glimpse samples no location: RAM runs its plain loop).
     Returns h_T (B, hidden), the heads [mu_t (2), b_t] (T-1, B, 3) and, without
     gradient, the locations (T, B, 2) and the samples (T-1, B, 2).

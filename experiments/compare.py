@@ -467,13 +467,17 @@ def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str,
         if log_x:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        xs = set()
         for i, ((data, column), cell) in enumerate(sorted(cells.items())):
             x, y = cell.mean(key), cell.mean("test_error")
             if data != d or x is None or y is None:
                 continue
+            xs.add(x)
             values = cell.values("test_error")
             ax.errorbar([x], [y], yerr=[statistics.stdev(values) if len(values) > 1 else 0.0], capsize=3,
                         marker=MARKERS[i % len(MARKERS)], linestyle="none", color=color(cell.runs[0].model), label=column)
+        if log_x and len(xs) == 1 and min(xs) > 0:  # one x on a log axis: matplotlib's limits would be singular
+            ax.set_xlim(min(xs) / 2, min(xs) * 2)
         ax.set(title=d, xlabel=xlabel, ylabel="test error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)

@@ -476,8 +476,8 @@ def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str,
             values = cell.values("test_error")
             ax.errorbar([x], [y], yerr=[statistics.stdev(values) if len(values) > 1 else 0.0], capsize=3,
                         marker=MARKERS[i % len(MARKERS)], linestyle="none", color=color(cell.runs[0].model), label=column)
-        if log_x and len(xs) == 1 and min(xs) > 0:  # one x on a log axis: matplotlib's limits would be singular
-            ax.set_xlim(min(xs) / 2, min(xs) * 2)
+        if log_x and len(xs) == 1 and (x := xs.pop()) > 0:  # one x on a log axis: matplotlib's limits would be singular
+            ax.set_xlim(x / 2, x * 2)
         ax.set(title=d, xlabel=xlabel, ylabel="test error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)

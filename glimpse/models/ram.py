@@ -140,17 +140,21 @@ class RNNEpisode(torch.autograd.Function):
         inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
         # Each layer's outputs for all steps start as its bias (one copy each); the products add into them.
         y = torch.cat((b_what, b_where)).expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
+        cast = dtype != y.dtype
+        y_in = y.new_empty(y.shape, dtype=dtype) if cast else y  # y as the output layer reads it (and the backward)
         gs = b_out.to(dtype).expand(steps, b, -1).clone()
         hs = b_core.to(dtype).expand(steps, b, -1).clone()
         heads = new(steps - 1, b, 3)
         samples = new(steps - 1, b, 2)
         inputs[0, :, p:] = loc
-        for t, (x, y_t, g, h) in enumerate(zip(inputs, y, gs, hs)):
+        for t, (x, y_t, y_in_t, g, h) in enumerate(zip(inputs, y, y_in, gs, hs)):
             x[:, :p] = sensor(images, x[:, p:]).reshape(b, p)
             y_t[:, :what].addmm_(x[:, :p], w_what_t)
             y_t[:, what:].addmm_(x[:, p:], w_where_t)
             y_t.relu_()
-            g.addmm_(y_t.to(dtype), w_out_t).relu_()
+            if cast:
+                y_in_t.copy_(y_t)
+            g.addmm_(y_in_t, w_out_t).relu_()
             h.addmm_(g, w_ig)
             if t:  # h_0 = 0: the first step has no recurrent term
                 h.addmm_(hs[t - 1], w_hh)
@@ -160,9 +164,8 @@ class RNNEpisode(torch.autograd.Function):
             mu = torch.addmm(b_heads, h.to(heads.dtype), w_heads, out=heads[t])[:, :2].tanh_()
             sample = samples[t].copy_(mu) if noise is None else torch.add(mu, noise[:, t], out=samples[t])
             torch.clamp(sample, -1, 1, out=inputs[t + 1, :, p:])
-        ctx.save_for_backward(inputs, y, gs, hs, heads, w_out, w_core)
+        ctx.save_for_backward(inputs, y_in, gs, hs, heads, w_out, w_core)
         ctx.what = what
-        ctx.dtype = dtype
         locations = inputs[:, :, p:].contiguous()
         ctx.mark_non_differentiable(locations, samples)
         return hs[-1].to(images.dtype, copy=True), heads, locations, samples
@@ -171,8 +174,8 @@ class RNNEpisode(torch.autograd.Function):
     def backward(ctx, d_last: Tensor, d_heads: Tensor, _d_locations: Tensor, _d_samples: Tensor):
         inputs, y, gs, hs, heads, w_out, w_core = ctx.saved_tensors
         steps, p, g_size, what = hs.shape[0], inputs.shape[2] - 2, w_out.shape[0], ctx.what
-        dt, f = ctx.dtype, w_core.dtype  # the products', the weights' (and their gradients') dtypes
-        inputs, y, gs, hs = inputs.to(dt), y.to(dt), gs.to(dt), hs.to(dt)
+        dt, f = hs.dtype, w_core.dtype  # the products' dtype (the forward's `dtype`), the weights' (and their gradients')
+        inputs = inputs.to(dt)  # the patches and locations, for the what/where weights' gradients
         flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
         # the heads on the detached h_t: b_t = pre passes its gradient as it is, mu_t = tanh(pre) scales it by 1 - mu^2
         d_pre_heads = d_heads.clone()

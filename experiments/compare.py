@@ -534,6 +534,15 @@ def training_minutes(rates: list[float], metrics: dict[str, Any], points: int) -
     return list(itertools.accumulate(images / rate / 60 for rate in rates))
 
 
+def curve_and_minutes(run: Run) -> tuple[list[tuple[int, float]], list[float]]:
+    """The run's validation curve (from TensorBoard, else train.log) and the training minutes at each of its points."""
+    scalars = read_scalars(run.folder, ("val/error", "train/images_per_second"))
+    if not scalars["val/error"]:
+        scalars = read_log_scalars(run.folder, run.metrics, run.config.get("trainer.batch_size"))
+    curve = scalars["val/error"]
+    return curve, training_minutes([rate for _, rate in scalars["train/images_per_second"]], run.metrics, len(curve))
+
+
 def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, minutes: bool = False) -> None:
     """Validation error against training step (or training minutes), one line per run, coloured by model.
 
@@ -572,11 +581,7 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
     plot_error_against(out / "error_vs_pixels.png", "pixels_per_image", "pixels read per image (log)", cells, data_rows,
                        note, log_x=True)
     for run in finished:
-        scalars = read_scalars(run.folder, ("val/error", "train/images_per_second"))
-        if not scalars["val/error"]:
-            scalars = read_log_scalars(run.folder, run.metrics, run.config.get("trainer.batch_size"))
-        run.curve = scalars["val/error"]
-        run.minutes = training_minutes([rate for _, rate in scalars["train/images_per_second"]], run.metrics, len(run.curve))
+        run.curve, run.minutes = curve_and_minutes(run)
     plot_curves(out / "curves.png", finished, data_rows, note)
     plot_curves(out / "curves_minutes.png", finished, data_rows, note, minutes=True)
     return list(FIGURES)

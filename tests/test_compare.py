@@ -188,6 +188,22 @@ def test_training_minutes_add_up_each_epochs_images_over_its_rate(sweep):
     assert compare.training_minutes(rates, {}, 2) == []
 
 
+def test_best_validation_by_training_minute(sweep, capsys):
+    """experiments/best_by_minute.py reads compare's curve at fixed minutes: the best error reached by then."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import best_by_minute
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    curve, minutes = compare.curve_and_minutes(compare.load_run(sweep / "1"))
+    assert minutes == pytest.approx([40 / 60, 1.0])
+    assert best_by_minute.best_by_minute(curve, minutes, 0.5) is None  # no epoch had ended
+    assert best_by_minute.best_by_minute(curve, minutes, 0.7) == curve[0][1]
+    assert best_by_minute.best_by_minute(curve, minutes, 2.0) == min(error for _, error in curve)
+    best_by_minute.main([str(sweep / "1"), "--minutes", "0.5", "2"])
+    assert capsys.readouterr().out.split()[-2:] == ["0.5:-", f"2:{min(error for _, error in curve):.2f}"]
+
+
 def test_a_run_kept_without_its_events_has_its_curve_from_train_log(tmp_path):
     # as in experiments/results/runs/: config, metrics.json and train.log only; the run was resumed in epoch 2
     line = "[2026-01-01 10:0{0}:00,000][glimpse.train][INFO] - epoch {0}/2: train ce 0.5, val error {1:.2f}% (greedy 60.00%), {2:.0f} images/s"

@@ -112,17 +112,15 @@ def make_canvas(
         other = (base[:, None] + torch.randint(1, max(n, 2), (b, distractors), generator=generator, device=dev)) % n
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
-        # Flat positions of every piece pixel, in the pool (where it is cut) and on the canvas (where it goes):
-        # each piece's top-left corner plus the offsets of its C x d x d pixels; scatter_add_ sums where pieces overlap
-        # (on the CPU in index order, as index_add_ did: the same sums bit for bit, in half the time).
+        # Cut: indexing the pool's d x d window view moves whole pieces (40% faster than `take` on flat positions).
+        pieces = windows(pool, d, d)[other, :, cy, cx].div(255)  # (B, distractors, C, d, d)
+        # Paste: flat canvas positions of every piece pixel (each piece's top-left corner plus the offsets of its
+        # C x d x d pixels); scatter_add_ sums where pieces overlap (on the CPU in index order, as index_add_ did:
+        # the same sums bit for bit, in half the time).
         within = torch.arange(d, device=dev)
-
-        def flat(image: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
-            offsets = torch.arange(c, device=dev)[:, None, None] * height * width + within[:, None] * width + within
-            return (((image * c * height + top) * width + left)[:, :, None] + offsets.flatten()).flatten()
-
-        pieces = pool.view(-1).take(flat(other, cy, cx, h, w)).div(255)
-        canvas.view(-1).scatter_add_(0, flat(rows[:, None], py, px, size, size), pieces)
+        offsets = torch.arange(c, device=dev)[:, None, None] * size * size + within[:, None] * size + within
+        flat = (((rows[:, None] * c * size + py) * size + px)[:, :, None] + offsets.flatten()).flatten()
+        canvas.view(-1).scatter_add_(0, flat, pieces.view(-1))
     return canvas.clamp_(max=1.0)
 
 

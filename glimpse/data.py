@@ -112,7 +112,7 @@ def make_canvas(
         other = (base[:, None] + torch.randint(1, max(n, 2), (b, distractors), generator=generator, device=dev)) % n
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
-        # Cut: indexing the pool's d x d window view moves whole pieces (40% faster than `take` on flat positions).
+        # Cut: indexing the pool's d x d window view moves whole pieces (117 against 162 us for `take` on flat positions).
         pieces = windows(pool, d, d)[other, :, cy, cx].div(255)  # (B, distractors, C, d, d)
         # Paste: flat canvas positions of every piece pixel (each piece's top-left corner plus the offsets of its
         # C x d x d pixels); scatter_add_ sums where pieces overlap (on the CPU in index order, as index_add_ did:

@@ -22,15 +22,16 @@ SCRIPT = ROOT / "experiments" / "compare.py"
 PNGS = ("error_vs_glimpses.png", "error_vs_macs.png", "error_vs_pixels.png", "curves.png", "curves_minutes.png")
 
 
-def load_compare():
-    spec = importlib.util.spec_from_file_location("compare", SCRIPT)
+def load_script(name: str):
+    """experiments/<name>.py as module `name` (the scripts import each other by name, as run from experiments/)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["compare"] = module  # dataclasses look their module up there
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-compare = load_compare()
+compare = load_script("compare")
 
 # (model, data) -> test errors of seeds 0, 1, ...; glimpse models have glimpses, whole-image ones not.
 ERRORS = {
@@ -190,11 +191,7 @@ def test_training_minutes_add_up_each_epochs_images_over_its_rate(sweep):
 
 def test_best_validation_by_training_minute(sweep, capsys):
     """experiments/best_by_minute.py reads compare's curve at fixed minutes: the best error reached by then."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import best_by_minute
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    best_by_minute = load_script("best_by_minute")
     curve, minutes = compare.curve_and_minutes(compare.load_run(sweep / "1"))
     assert minutes == pytest.approx([40 / 60, 1.0])
     assert best_by_minute.best_by_minute(curve, minutes, 0.5) is None  # no epoch had ended

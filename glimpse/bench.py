@@ -195,8 +195,6 @@ def scaling(models: tuple[str, ...] = MODELS, sizes: tuple[int, ...] = SIZES, ba
             images = digits[:batch].to(device)
             if size > images.shape[-1]:
                 images = make_canvas(images, size, 0, images, seeded(0, "scaling", size, device=device))
-            else:
-                images = images.div(255)
             torch.manual_seed(cfg.seed)
             built[size] = (build_model(cfg, tuple(images.shape[1:]), 10).to(device).eval(), images)
         # The sizes take turns within each repeat, so a drift in the machine's speed hits them alike.

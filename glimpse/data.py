@@ -5,6 +5,12 @@ A variant puts each image at a random position on a larger blank canvas
 `distractor_size` x `distractor_size` crops of other images of the same split,
 summed in and clipped to [0, 1] (Mnih et al. 2014, section 4.1).
 
+Batches are uint8 pixels (B, C, H, W), as the files hold them: the models read
+them as value / 255 (the sensor on the CPU straight from the bytes, whole-image
+models through `glimpse.models.common.unit`). A 100x100 canvas batch is then a
+quarter of the float bytes, which is what kept the data + sensor share of a
+cluttered training step high (README, "Performance").
+
 Validation is carved from the training set (`data.val_fraction`, fixed by the
 seed). Validation and test canvases are drawn once and are the same at every
 evaluation (test canvases do not depend on the run's seed, so every run is
@@ -23,6 +29,7 @@ import torch
 import torchvision
 from torch import Tensor
 
+from glimpse import kernels
 from glimpse.errors import ConfigError, UserError
 
 SOURCES = {
@@ -92,36 +99,48 @@ def make_canvas(
 ) -> Tensor:
     """Put `images` (B, C, h, w) uint8 on size x size canvases with clutter cut from `pool` (N, C, h, w).
 
-    Returns float32 canvases (B, C, size, size) in [0, 1]. `indices` are the images'
-    positions in `pool`, so that distractors come from other images. `position`
-    fixes the image's top-left pixel (row, column); by default it is uniform at random.
+    Returns uint8 canvases (B, C, size, size): the sums capped at 255 (the
+    clipping to [0, 1] of the float pixels). `indices` are the images' positions
+    in `pool`, so that distractors come from other images. `position` fixes the
+    image's top-left pixel (row, column); by default it is uniform at random.
+    The random draws are the same on every device; on the CPU `kernels.paste`
+    draws each canvas in one pass, elsewhere `canvas_torch` does: the same canvases.
     """
     b, c, h, w = images.shape
     dev, n, d = images.device, pool.shape[0], distractor_size
-    canvas = torch.zeros(b, c, size, size, device=dev)
-    rows = torch.arange(b, device=dev)
     if position is None:
         top, left = torch.randint(0, size - h + 1, (2, b), generator=generator, device=dev)
     else:
         top, left = (torch.full((b,), p, device=dev) for p in position)
-    # Indexing a window view moves whole h x w blocks: a few index tensors of length B, not B*h*w.
-    windows(canvas, h, w)[rows, :, top, left] = images.div(255)
     if distractors:
-        base = rows if indices is None else indices.to(dev)
+        base = torch.arange(b, device=dev) if indices is None else indices.to(dev)
         # An offset in [1, n) never lands on the image itself.
         other = (base[:, None] + torch.randint(1, max(n, 2), (b, distractors), generator=generator, device=dev)) % n
         cy, cx = (torch.randint(0, side - d + 1, (b, distractors), generator=generator, device=dev) for side in (h, w))
         py, px = torch.randint(0, size - d + 1, (2, b, distractors), generator=generator, device=dev)
-        # Cut: indexing the pool's d x d window view moves whole pieces (117 against 162 us for `take` on flat positions).
-        pieces = windows(pool, d, d)[other, :, cy, cx].div(255)  # (B, distractors, C, d, d)
-        # Paste: flat canvas positions of every piece pixel (each piece's top-left corner plus the offsets of its
-        # C x d x d pixels); scatter_add_ sums where pieces overlap (on the CPU in index order, as index_add_ did:
-        # the same sums bit for bit, in half the time).
+    else:  # no draws: the generator's stream stays as it was
+        other = cy = cx = py = px = torch.zeros(b, 0, dtype=torch.int64, device=dev)
+    draw = kernels.paste if dev.type == "cpu" else canvas_torch
+    return draw(images, size, top, left, pool, other, cy, cx, py, px, d)
+
+
+def canvas_torch(images: Tensor, size: int, top: Tensor, left: Tensor, pool: Tensor, other: Tensor, cy: Tensor, cx: Tensor,
+                 py: Tensor, px: Tensor, d: int) -> Tensor:
+    """`kernels.paste` in torch ops (any device): `images` at (top, left) and the pieces (B, K), summed in int16, capped at 255."""
+    b, c, h, w = images.shape
+    dev = images.device
+    canvas = torch.zeros(b, c, size, size, dtype=torch.int16, device=dev)
+    rows = torch.arange(b, device=dev)
+    # Indexing a window view moves whole h x w blocks: a few index tensors of length B, not B*h*w.
+    windows(canvas, h, w)[rows, :, top, left] = images.to(torch.int16)
+    if other.shape[1]:
+        pieces = windows(pool, d, d)[other, :, cy, cx].to(torch.int16)  # (B, K, C, d, d): whole pieces, one index op
+        # flat canvas positions of every piece pixel: each piece's top-left corner plus the offsets of its C x d x d pixels
         within = torch.arange(d, device=dev)
         offsets = torch.arange(c, device=dev)[:, None, None] * size * size + within[:, None] * size + within
         flat = (((rows[:, None] * c * size + py) * size + px)[:, :, None] + offsets.flatten()).flatten()
         canvas.view(-1).scatter_add_(0, flat, pieces.view(-1))
-    return canvas.clamp_(max=1.0)
+    return canvas.clamp_(max=255).to(torch.uint8)
 
 
 @dataclass
@@ -146,7 +165,7 @@ def check_fits(cfg, height: int, width: int) -> None:
 
 
 class GlimpseData:
-    """Train / validation / test splits on `device`, served as float batches in [0, 1]."""
+    """Train / validation / test splits on `device`, served as uint8 batches (B, C, H, W)."""
 
     def __init__(self, cfg, seed: int, device: torch.device | str = "cpu"):
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
@@ -182,10 +201,10 @@ class GlimpseData:
         return 10
 
     def draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
-        """Float images in [0, 1]: the originals, or canvases drawn with `generator`."""
+        """uint8 images: the originals, or canvases drawn with `generator`."""
         images = split.images.index_select(0, idx)  # whole rows: ~10x faster than split.images[idx] for uint8
         if not self.canvas:
-            return images.div(255)
+            return images
         position = self.cfg.get("position")
         return make_canvas(
             images, self.canvas, self.cfg.get("distractors", 0), split.images, generator, indices=idx,
@@ -196,8 +215,7 @@ class GlimpseData:
         if not self.canvas:
             return None
         idx = torch.arange(len(split), device=self.device)
-        # Held as uint8 (a quarter of the memory); the sums are whole multiples of 1/255, so this is exact.
-        return torch.cat([self.draw(split, i, generator).mul_(255).round_().to(torch.uint8) for i in idx.split(chunk)])
+        return torch.cat([self.draw(split, i, generator) for i in idx.split(chunk)])
 
     def train_batches(self, batch_size: int, generator: torch.Generator, start: int = 0,
                       generator_state: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -217,4 +235,4 @@ class GlimpseData:
         s = getattr(self, split)
         images = s.fixed if s.fixed is not None else s.images
         for lo in range(0, len(s), batch_size):
-            yield images[lo : lo + batch_size].div(255), s.labels[lo : lo + batch_size]
+            yield images[lo : lo + batch_size], s.labels[lo : lo + batch_size]

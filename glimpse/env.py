@@ -159,7 +159,7 @@ class _Episodes:
         self.reward_every_step, self.name = reward_every_step, name
         self.device = data.device
         # Drawn into in place at every reset: the memory is touched once, not allocated per episode.
-        self.images = torch.zeros(batch, *data.image_shape, device=self.device)
+        self.images = torch.zeros(batch, *data.image_shape, dtype=torch.uint8, device=self.device)  # as the data layer serves them
         self.labels = torch.zeros(batch, dtype=torch.int64, device=self.device)
         self.location = torch.zeros(batch, 2, device=self.device)
         self.index = np.zeros(batch, np.int64)
@@ -182,9 +182,8 @@ class _Episodes:
         stored = self.split.fixed if self.split.fixed is not None else self.split.images
         for lo in range(0, self.batch, DRAW_CHUNK):
             i = idx[lo : lo + DRAW_CHUNK]
-            # Training images get fresh canvases every episode; validation and test read the canvases
-            # drawn once, divided exactly as GlimpseData.eval_batches divides them.
-            self.images[lo : lo + DRAW_CHUNK] = self.data.draw(self.split, i, self.generator) if self.fresh else stored[i].div(255)
+            # Training images get fresh canvases every episode; validation and test read the canvases drawn once.
+            self.images[lo : lo + DRAW_CHUNK] = self.data.draw(self.split, i, self.generator) if self.fresh else stored[i]
         self.labels = self.split.labels[idx]
         self.location = loc.reshape(self.batch, 2).clamp(-1, 1)
         self.t = 1
@@ -224,7 +223,7 @@ class _Episodes:
         if self.reward_every_step:
             reward = correct.float().div_(self.glimpses)
         else:
-            reward = correct.float() if last else correct.new_zeros(self.batch, dtype=self.images.dtype)
+            reward = correct.float() if last else correct.new_zeros(self.batch, dtype=self.location.dtype)
         if not last:
             self.location = location
             self.t += 1
@@ -403,7 +402,7 @@ class GlimpseEnv(gymnasium.Env):
         from glimpse.sensor import patch_origins
 
         ep = self._episodes
-        image = ep.images[0].mul(255).round().byte().cpu().numpy()
+        image = ep.images[0].cpu().numpy()
         frame = np.repeat(image, 3, 0) if image.shape[0] == 1 else image[:3].copy()
         frame = np.ascontiguousarray(frame.transpose(1, 2, 0))
         h, w = frame.shape[:2]

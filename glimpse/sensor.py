@@ -10,15 +10,25 @@ by area (`resize="area"`, the exact mean of each block; the work per glimpse is
 proportional to the pixels inside its patches) or bilinearly (`resize="bilinear"`,
 4 pixels per output pixel; the work is proportional to scales * patch^2).
 Pixels outside the image read as zero. Neither ever depends on the image size.
+
+Images are uint8 (read as value / 255, as the data layer serves them) or float.
+On the CPU, `glimpse.kernels.read` makes the snapped patches from their integer
+origins straight out of the images; elsewhere, and for unsnapped (differentiable)
+patches, one grid_sample does (uint8 images are made float first). Both give the
+same patches (tests hold them to each other and to a per-sample reference).
 """
 
 from __future__ import annotations
 
 import functools
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from glimpse import kernels
 
 
 def patch_sides(patch: int, scales: int, scale_factor: float) -> list[int]:
@@ -70,10 +80,13 @@ def _lattice(counts: tuple[int, ...], sides: tuple[int, ...], height: int, width
 def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str, snap: bool = True) -> Tensor:
     """`images` (B, C, H, W) at counts[i]^2 points of each scale's window, for `locations` (B, N, 2): (B, C, N, sum counts^2).
 
-    One grid_sample for every scale and location, zero outside the image. mode="nearest" at
+    One grid_sample for every scale and location, zero outside the image (uint8 images are made float first,
+    the whole image: the CPU's `kernels.read` does not need that). mode="nearest" at
     counts == sides reads each window's pixels exactly; mode="bilinear" at counts == patch
     resizes. The cost is proportional to the points read, never to H and W.
     """
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
     b, c, h, w = images.shape
     n = locations.shape[1]
     half, shift, base, spread = _lattice(counts, sides, h, w, images.device, images.dtype)
@@ -83,6 +96,50 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
     grid = torch.addmm(base, origin.reshape(b * n, -1), spread)  # (B * N, points * 2)
     out = F.grid_sample(images, grid.view(b, 1, -1, 2), mode=mode, padding_mode="zeros", align_corners=False)
     return out.view(b, c, n, -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> tuple[Tensor, Tensor]:
+    """For `kernels.read`: the pixels (offsets from the window's origin) and weights making each point along an axis, (S, n, m).
+
+    mode="bilinear": point k of n in a window of `side` pixels lies at t = (k + 1/2) side / n - 1/2 (F.interpolate's
+    align_corners=False); it is its two neighbours floor(t) and floor(t) + 1, weighted by nearness. mode="area": the
+    pixels floor(k side / n) .. ceil((k + 1) side / n) - 1, equally (adaptive_avg_pool2d's blocks; one pixel at n == side).
+    """
+    rows = []
+    for n, side in zip(counts, sides):
+        scale = []
+        for k in range(n):
+            if mode == "bilinear":
+                t = (k + 0.5) * side / n - 0.5
+                lo = math.floor(t)
+                scale.append([(lo, 1 - (t - lo)), (lo + 1, t - lo)])
+            else:
+                first, end = (k * side) // n, -((-(k + 1) * side) // n)
+                scale.append([(p, 1 / (end - first)) for p in range(first, end)])
+        rows.append(scale)
+    m = max(len(point) for scale in rows for point in scale)
+    padded = [[point + [(0, 0.0)] * (m - len(point)) for point in scale] for scale in rows]  # weight 0: never read
+    taps = torch.tensor([[[p for p, _ in point] for point in scale] for scale in padded], dtype=torch.int64)
+    weights = torch.tensor([[[wt for _, wt in point] for point in scale] for scale in padded], dtype=torch.float32)
+    return taps, weights
+
+
+def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> Tensor:
+    """`read`'s patches through `kernels.read` (CPU, snapped): (B, N, S, C, n, n) for `locations` (B, N, 2).
+
+    mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as `crop`).
+    """
+    _, _, h, w = images.shape
+    half = locations.new_tensor([w / 2, h / 2])
+    shift = torch.stack([_shift(half, side) for side in sides])  # (S, 2)
+    origins = torch.addcmul(shift, locations.unsqueeze(2), half).floor_().long()  # (B, N, S, 2): `read`'s very expression
+    return kernels.read(images, origins, *_taps(counts, sides, mode))
+
+
+def _on_cpu(images: Tensor) -> bool:
+    """Whether `kernels.read` takes these images: on the CPU, uint8 or float32 (float64, say, keeps grid_sample's dtype)."""
+    return images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32)
 
 
 def _with_n(locations: Tensor) -> tuple[Tensor, bool]:
@@ -105,6 +162,9 @@ def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     Nearest-neighbour reads at the pixels' centres: each value is a pixel, exactly.
     """
     locs, many = _with_n(locations)
+    if _on_cpu(images):
+        out = read_cpu(images, locs, (side,), (side,), "area").select(2, 0)
+        return out if many else out.select(1, 0)
     return _patches(read(images, locs, (side,), (side,), "nearest"), side, 1, many).select(-4, 0)
 
 
@@ -157,10 +217,14 @@ def retina(
     snap=False the patches are not rounded to whole pixels and are differentiable in the location.
     """
     sides = tuple(patch_sides(patch, scales, scale_factor))
+    if not snap and resize != "bilinear":
+        raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
+    if snap and _on_cpu(images):
+        locs, many = _with_n(locations)
+        out = read_cpu(images, locs, (patch,) * len(sides), sides, resize)
+        return out if many else out.select(1, 0)
     if resize == "bilinear":
         return sample(images, locations, patch, sides, snap)
-    if not snap:
-        raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
     return area(images, locations, patch, sides)
 
 

@@ -1,6 +1,6 @@
 """Pictures of where the models look, and the TensorBoard writing of them and of the hyperparameters.
 
-Everything here works on whole batches of float images (N, C, H, W) in [0, 1]
+Everything here works on whole batches of images (N, C, H, W), uint8 as the data layer serves them or float in [0, 1],
 and returns uint8 RGB tensors (N, 3, H', W'), so the same pictures go to
 TensorBoard (`log_pictures`) and to files (`python -m glimpse.visualize`).
 Small images are enlarged by a whole factor with nearest-neighbour, so each
@@ -99,11 +99,13 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _rgb(images: Tensor) -> Tensor:
-    """float (N, C, H, W) in [0, 1] -> uint8 (N, 3, H, W) on the CPU; grey images are repeated to RGB."""
-    images = images.detach().float().cpu().clamp(0, 1)
+    """(N, C, H, W) uint8, or float in [0, 1] -> uint8 (N, 3, H, W) on the CPU; grey images are repeated to RGB."""
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8:
+        images = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    return images[:, :3].mul(255).round().to(torch.uint8)
+    return images[:, :3]
 
 
 def _enlarge(images: Tensor, factor: int) -> Tensor:

@@ -8,13 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from glimpse.data import GlimpseData, make_canvas, seeded
+from glimpse import kernels
+from glimpse.data import GlimpseData, canvas_torch, make_canvas, seeded
 from glimpse.errors import UserError
 from tests.conftest import make_cfg, needs_mnist
-
-
-def as_bytes(canvas):
-    return canvas.mul(255).round().to(torch.uint8)
 
 
 def placed(canvas, side=28):
@@ -32,8 +29,7 @@ def digits(n=6, side=28, seed=0):
 def test_translated_canvas_holds_the_whole_digit_once():
     images = digits()
     canvas = make_canvas(images, 60, 0, images, seeded(1))
-    assert canvas.shape == (6, 1, 60, 60) and canvas.dtype == torch.float32
-    canvas = as_bytes(canvas)
+    assert canvas.shape == (6, 1, 60, 60) and canvas.dtype == torch.uint8
     for b in range(6):
         assert torch.equal(placed(canvas[b, 0]), images[b, 0])
         assert canvas[b].sum() == images[b].sum()  # nothing else on the canvas
@@ -41,7 +37,7 @@ def test_translated_canvas_holds_the_whole_digit_once():
 
 def test_fixed_position_puts_the_digit_in_the_corner():
     images = digits()
-    canvas = as_bytes(make_canvas(images, 60, 0, images, seeded(1), position=(0, 0)))
+    canvas = make_canvas(images, 60, 0, images, seeded(1), position=(0, 0))
     assert torch.equal(canvas[:, :, :28, :28], images)
     assert canvas[:, :, 28:, :].sum() == 0 and canvas[:, :, :, 28:].sum() == 0
 
@@ -49,14 +45,36 @@ def test_fixed_position_puts_the_digit_in_the_corner():
 def test_clutter_adds_pieces_of_other_images_clipped():
     images = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
     images[0] = 200  # the only image with ink: distractors can only come from it, and never land on it
-    canvas = as_bytes(make_canvas(images, 100, 8, images, seeded(2), indices=torch.arange(8)))
+    canvas = make_canvas(images, 100, 8, images, seeded(2), indices=torch.arange(8))
     assert canvas[0].int().sum() == 28 * 28 * 200  # image 0 gets no clutter: only image 0 has ink
     pieces = (canvas[1:] > 0).flatten(1).sum(1)
     assert (pieces > 0).float().mean() > 0.5  # most others got clutter from image 0
     assert (pieces <= 8 * 64).all()
     white = torch.full((2, 1, 28, 28), 250, dtype=torch.uint8)
     overlap = make_canvas(white, 28, 8, white, seeded(3))
-    assert overlap.max() == 1.0  # sums clip at white
+    assert overlap.max() == 255  # sums clip at white
+
+
+def test_cpu_kernel_draws_the_canvases_the_torch_ops_draw():
+    """kernels.paste (the CPU's) against canvas_torch (every other device's): the same bytes, overlaps and borders included."""
+    g = torch.Generator().manual_seed(5)
+    pool = (torch.rand(50, 3, 20, 20, generator=g) * 255).to(torch.uint8)
+    n, size, d, k = 16, 40, 6, 9
+    images, other = pool[:n], torch.randint(0, 50, (n, k), generator=g)
+    top, left = torch.randint(0, size - 20 + 1, (2, n), generator=g)
+    cy, cx = torch.randint(0, 20 - d + 1, (2, n, k), generator=g)
+    py, px = torch.randint(0, size - d + 1, (2, n, k), generator=g)
+    py[0], px[0] = 0, size - d  # every piece of canvas 0 on one spot at the right edge: sums far past 255
+    args = (images, size, top, left, pool, other, cy, cx, py, px, d)
+    fast, torch_ops = kernels.paste(*args), canvas_torch(*args)
+    assert fast.dtype == torch_ops.dtype == torch.uint8 and torch.equal(fast, torch_ops)
+    for i in (0, 1):  # pixel by pixel: the image, then each piece summed in, then the cap
+        slow = torch.zeros(3, size, size, dtype=torch.int32)
+        slow[:, top[i] : top[i] + 20, left[i] : left[i] + 20] = images[i]
+        for j in range(k):
+            slow[:, py[i, j] : py[i, j] + d, px[i, j] : px[i, j] + d] += pool[other[i, j], :, cy[i, j] : cy[i, j] + d, cx[i, j] : cx[i, j] + d]
+        assert torch.equal(fast[i], slow.clamp(max=255).to(torch.uint8))
+    assert fast[0].max() == 255
 
 
 @needs_mnist
@@ -70,7 +88,7 @@ def test_splits_are_fixed_by_the_seed_and_evaluation_canvases_never_change():
     assert torch.equal(a.test.fixed, other.test.fixed)  # the test set does not
     first = torch.cat([x for x, _ in a.eval_batches("val", 128)])
     again = torch.cat([x for x, _ in a.eval_batches("val", 100)])
-    assert torch.equal(first, again) and 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, again) and first.dtype == torch.uint8
     epoch0 = next(a.train_batches(64, seeded(0, "train", 0)))[0]
     epoch1 = next(a.train_batches(64, seeded(0, "train", 1)))[0]
     replay = next(b.train_batches(64, seeded(0, "train", 0)))[0]
@@ -105,7 +123,7 @@ def test_cifar10_code_path_on_generated_files(tmp_path, monkeypatch):
     data = GlimpseData(cfg.data, seed=0)
     assert data.image_shape == (3, 32, 32) and len(data.train) == 90 and len(data.val) == 10 and len(data.test) == 20
     x, y = next(data.train_batches(16, seeded(0)))
-    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     cluttered = GlimpseData(make_cfg("data=cifar10", f"data.root={tmp_path}", "data.canvas=48", "data.distractors=2").data, seed=0)
     assert next(cluttered.eval_batches("test", 4))[0].shape == (4, 3, 48, 48)
 
@@ -127,10 +145,10 @@ def test_fashion_mnist_and_its_canvas_variants_on_generated_files(tmp_path):
     data = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}").data, seed=0)
     assert data.image_shape == (1, 28, 28) and (len(data.train), len(data.val), len(data.test)) == (54, 6, 20)
     x, y = next(data.eval_batches("test", 20))
-    assert torch.equal(as_bytes(x), test_images) and torch.equal(y, test_labels)
+    assert torch.equal(x, test_images) and torch.equal(y, test_labels)
 
     translated = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=40").data, seed=0)
-    canvas = as_bytes(next(translated.eval_batches("test", 20))[0])
+    canvas = next(translated.eval_batches("test", 20))[0]
     for b in range(20):
         assert torch.equal(placed(canvas[b, 0]), test_images[b, 0])
 
@@ -138,7 +156,7 @@ def test_fashion_mnist_and_its_canvas_variants_on_generated_files(tmp_path):
     assert cluttered.image_shape == (1, 60, 60)
     canvas = next(cluttered.eval_batches("test", 20))[0]
     clutter = (canvas > 0).flatten(1).sum(1) - 28 * 28  # pixels lit outside the image: the distractors' (up to 4 x 8 x 8)
-    assert canvas.max() <= 1 and bool(((clutter > 0) & (clutter <= 4 * 64)).all())
+    assert bool(((clutter > 0) & (clutter <= 4 * 64)).all())
 
 
 def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):

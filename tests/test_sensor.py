@@ -121,3 +121,26 @@ def test_unsnapped_glimpse_is_centred_on_its_location_like_the_snapped_one():
         locations = torch.tensor([[x, y]] * 3)
         snapped = sample(images, locations, 8, (8, 16), snap=True)
         assert torch.allclose(sample(images, locations, 8, (8, 16), snap=False), snapped, atol=1e-6)
+
+
+@pytest.mark.parametrize("resize", ["area", "bilinear"])
+@pytest.mark.parametrize("shape, patch, scales, factor", [((1, 100, 100), 12, 4, 2.0), ((3, 32, 32), 5, 2, 2.0), ((1, 40, 56), 6, 3, 1.5)])
+def test_cpu_kernel_reads_uint8_and_float_as_grid_sample_does(shape, patch, scales, factor, resize):
+    """The CPU's kernels.read against the grid_sample path every other device takes, on float and on uint8 pixels."""
+    from glimpse.sensor import area
+
+    g = torch.Generator().manual_seed(patch)
+    pixels = (torch.rand(20, *shape, generator=g) * 255).to(torch.uint8)
+    locations = torch.cat([torch.rand(13, 3, 2, generator=g) * 2.4 - 1.2, torch.tensor(BORDER)[:, None].expand(-1, 3, -1)]).clamp(-1, 1)
+    sides = tuple(patch_sides(patch, scales, factor))
+    grid_sampled = (sample if resize == "bilinear" else area)(pixels.float() / 255, locations, patch, sides)
+    from_bytes, from_floats = retina(pixels, locations, patch, scales, factor, resize), retina(pixels.float() / 255, locations, patch, scales, factor, resize)
+    assert from_bytes.dtype == torch.float32 and from_bytes.shape == (20, 3, scales, shape[0], patch, patch)
+    torch.testing.assert_close(from_bytes, grid_sampled, rtol=0, atol=2e-5)
+    torch.testing.assert_close(from_floats, from_bytes, rtol=0, atol=1e-6)
+
+
+def test_cropped_bytes_are_the_pixels_over_255_exactly():
+    pixels = (torch.rand(4, 2, 30, 30) * 255).to(torch.uint8)
+    locations = torch.rand(4, 2) * 2 - 1
+    assert torch.equal(crop(pixels, locations, 7), crop(pixels.float() / 255, locations, 7))

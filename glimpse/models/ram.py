@@ -132,7 +132,7 @@ class RNNEpisode(torch.autograd.Function):
                 w_where: Tensor, b_where: Tensor, w_out: Tensor, b_out: Tensor, w_core: Tensor, b_core: Tensor,
                 w_loc: Tensor, b_loc: Tensor, w_base: Tensor, b_base: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, (what, p), g_size = images.shape[0], w_what.shape, w_out.shape[0]
-        new = images.new_empty
+        new = loc.new_empty  # float32, whatever the images' dtype (uint8 as the data layer serves them)
         # products read x @ W.t(): the transposes (and casts to `dtype`) once, not every step
         w_what_t, w_where_t, w_out_t = w_what.t(), w_where.t(), w_out.t().to(dtype)
         w_ig, w_hh = w_core[:, :g_size].t().to(dtype), w_core[:, g_size:].t().to(dtype)
@@ -168,7 +168,7 @@ class RNNEpisode(torch.autograd.Function):
         ctx.what = what
         locations = inputs[:, :, p:].contiguous()
         ctx.mark_non_differentiable(locations, samples)
-        return hs[-1].to(images.dtype, copy=True), heads, locations, samples
+        return hs[-1].to(loc.dtype, copy=True), heads, locations, samples
 
     @staticmethod
     def backward(ctx, d_last: Tensor, d_heads: Tensor, _d_locations: Tensor, _d_samples: Tensor):

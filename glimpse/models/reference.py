@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from glimpse.models.common import Episode
+from glimpse.models.common import Episode, unit
 
 
 class FC(nn.Module):
@@ -25,7 +25,7 @@ class FC(nn.Module):
         return cls(image_shape, classes, cfg.model.hidden)
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
-        return Episode(self.net(images))
+        return Episode(self.net(unit(images)))
 
 
 class CNN(nn.Module):
@@ -47,4 +47,4 @@ class CNN(nn.Module):
         return cls(image_shape, classes, tuple(cfg.model.channels))
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
-        return Episode(self.classifier(self.features(images).flatten(1)))
+        return Episode(self.classifier(self.features(unit(images)).flatten(1)))

@@ -24,6 +24,7 @@ import functools
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -99,13 +100,17 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
 
 
 @functools.lru_cache(maxsize=64)
-def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> tuple[Tensor, Tensor]:
-    """For `kernels.read`: the pixels (offsets from the window's origin) and weights making each point along an axis, (S, n, m).
+def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: int, width: int) -> tuple[np.ndarray, ...]:
+    """For `kernels.read`: where each patch starts (shift (S, 2), half (2,)) and which pixels, weighted how, make its points.
 
-    mode="bilinear": point k of n in a window of `side` pixels lies at t = (k + 1/2) side / n - 1/2 (F.interpolate's
-    align_corners=False); it is its two neighbours floor(t) and floor(t) + 1, weighted by nearness. mode="area": the
-    pixels floor(k side / n) .. ceil((k + 1) side / n) - 1, equally (adaptive_avg_pool2d's blocks; one pixel at n == side).
+    Patch s starts at floor(shift[s] + l * half), `read`'s expression. Along either axis, point k of n in a window
+    of `side` pixels is made of pixels (offsets from that start) with weights, (S, n, m): mode="bilinear", the two
+    neighbours floor(t) and floor(t) + 1 of t = (k + 1/2) side / n - 1/2 (F.interpolate's align_corners=False), by
+    nearness; mode="area", the pixels floor(k side / n) .. ceil((k + 1) side / n) - 1 equally (adaptive_avg_pool2d's
+    blocks). single (S,): the scales whose points are each one whole pixel (side == n).
     """
+    half = torch.tensor([width / 2, height / 2], dtype=torch.float32)
+    shift = torch.stack([_shift(half, side) for side in sides])
     rows = []
     for n, side in zip(counts, sides):
         scale = []
@@ -120,9 +125,10 @@ def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> tuple[T
         rows.append(scale)
     m = max(len(point) for scale in rows for point in scale)
     padded = [[point + [(0, 0.0)] * (m - len(point)) for point in scale] for scale in rows]  # weight 0: never read
-    taps = torch.tensor([[[p for p, _ in point] for point in scale] for scale in padded], dtype=torch.int64)
-    weights = torch.tensor([[[wt for _, wt in point] for point in scale] for scale in padded], dtype=torch.float32)
-    return taps, weights
+    taps = np.array([[[p for p, _ in point] for point in scale] for scale in padded], np.int64)
+    weights = np.array([[[wt for _, wt in point] for point in scale] for scale in padded], np.float32)
+    single = (weights[:, :, 1:] == 0).all((1, 2)) if m > 1 else np.ones(len(sides), bool)
+    return shift.numpy(), half.numpy(), taps, weights, single
 
 
 def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> Tensor:
@@ -130,11 +136,7 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
 
     mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as `crop`).
     """
-    _, _, h, w = images.shape
-    half = locations.new_tensor([w / 2, h / 2])
-    shift = torch.stack([_shift(half, side) for side in sides])  # (S, 2)
-    origins = torch.addcmul(shift, locations.unsqueeze(2), half).floor_().long()  # (B, N, S, 2): `read`'s very expression
-    return kernels.read(images, origins, *_taps(counts, sides, mode))
+    return kernels.read(images, locations, *_taps(counts, sides, mode, *images.shape[-2:]))
 
 
 def _on_cpu(images: Tensor) -> bool:

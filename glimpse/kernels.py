@@ -62,14 +62,14 @@ def _read(images, locations, shift, half, taps, weights, single, divisor, out): 
                         r0, y0 = ry[ky, 0], wy[ky, 0]
                         for kx in range(n):
                             o[ky, kx] = y0 * (wx[kx, 0] * np.float32(img[r0, rx[kx, 0]])) / divisor
-                elif m == 2:  # bilinear: the 2 x 2 pixels around each point
+                elif m == 2:  # bilinear: the 2 x 2 pixels around each point (the divisor folded into the row weights)
                     for ky in range(n):
-                        r0, r1, y0, y1 = ry[ky, 0], ry[ky, 1], wy[ky, 0], wy[ky, 1]
+                        r0, r1, y0, y1 = ry[ky, 0], ry[ky, 1], wy[ky, 0] / divisor, wy[ky, 1] / divisor
                         for kx in range(n):
                             c0, c1, x0, x1 = rx[kx, 0], rx[kx, 1], wx[kx, 0], wx[kx, 1]
                             top = x0 * np.float32(img[r0, c0]) + x1 * np.float32(img[r0, c1])
                             bottom = x0 * np.float32(img[r1, c0]) + x1 * np.float32(img[r1, c1])
-                            o[ky, kx] = (y0 * top + y1 * bottom) / divisor
+                            o[ky, kx] = y0 * top + y1 * bottom
                 else:  # area: the block's pixels, each weighing 1 / its side, per axis
                     for ky in range(n):
                         for kx in range(n):

@@ -26,17 +26,17 @@ def _threads() -> None:
 
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _read(images, locations, shift, half, taps, weights, single, divisor, out):  # pragma: no cover - compiled
+def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no cover - compiled
     """out[i, j, s, c, ky, kx] = sum_a,b wy[ky, a] wx[kx, b] images[i, c, oy + taps[s, ky, a], ox + taps[s, kx, b]] / divisor.
 
-    images (B, C, H, W) uint8 or float32; locations (B, N, 2) float32; the origin of patch s
-    is floor(shift[s] + location * half) (x, y), the sensor's expression; taps and weights
-    (S, n, m): the m pixels, as offsets from the origin, that make output pixel k along
-    either axis, and their weights; single[s]: scale s reads one pixel per output pixel.
+    images (B, C, H, W) uint8 or float32; origins (B, N, S, 2) int64, each patch's top-left
+    pixel (x, y); taps and weights (S, n, m): the m pixels, as offsets from the origin, that
+    make output pixel k along either axis, and their weights; single[s]: scale s reads one
+    pixel per output pixel.
     A tap outside the image weighs zero (grid_sample's zero padding).
     """
     b, c, h, w = images.shape
-    nl, ns = locations.shape[1], shift.shape[0]
+    nl, ns = origins.shape[1], origins.shape[2]
     n, m = taps.shape[1], taps.shape[2]
     for job in prange(b * nl):
         i, j = job // nl, job % nl
@@ -45,8 +45,7 @@ def _read(images, locations, shift, half, taps, weights, single, divisor, out): 
         wy = np.empty((n, m), np.float32)
         wx = np.empty((n, m), np.float32)
         for s in range(ns):
-            ox = np.int64(np.floor(shift[s, 0] + locations[i, j, 0] * half[0]))
-            oy = np.int64(np.floor(shift[s, 1] + locations[i, j, 1] * half[1]))
+            ox, oy = origins[i, j, s, 0], origins[i, j, s, 1]
             for k in range(n):
                 for a in range(m):
                     wt = weights[s, k, a]
@@ -87,21 +86,19 @@ def _read(images, locations, shift, half, taps, weights, single, divisor, out): 
 DIVISORS = {torch.uint8: np.float32(255), torch.float32: np.float32(1)}  # uint8 pixels read as value / 255
 
 
-def read(images: Tensor, locations: Tensor, shift: np.ndarray, half: np.ndarray, taps: np.ndarray, weights: np.ndarray,
-         single: np.ndarray) -> Tensor:
+def read(images: Tensor, origins: Tensor, taps: np.ndarray, weights: np.ndarray, single: np.ndarray) -> Tensor:
     """The retina's patches (B, N, S, C, n, n), float32, from CPU `images` (B, C, H, W) uint8 (as /255) or float32.
 
-    `locations` (B, N, 2); `shift` (S, 2) and `half` (2,) place each patch's origin; `taps`, `weights` (S, n, m)
-    and `single` (S,) as `_read` takes them (`glimpse.sensor._taps` makes them).
+    `origins` (B, N, S, 2) int64; `taps`, `weights` (S, n, m) and `single` (S,) as `_read` takes them
+    (`glimpse.sensor._taps` makes them).
     """
     if images.dtype not in DIVISORS:
         raise TypeError(f"the CPU retina reads uint8 or float32 images, not {images.dtype}")
     b, c = images.shape[:2]
-    nl, ns, n = locations.shape[1], shift.shape[0], taps.shape[1]
+    nl, ns, n = origins.shape[1], origins.shape[2], taps.shape[1]
     out = torch.empty(b, nl, ns, c, n, n)
     _threads()
-    _read(images.contiguous().numpy(), locations.float().contiguous().numpy(), shift, half, taps, weights, single,
-          DIVISORS[images.dtype], out.numpy())
+    _read(images.contiguous().numpy(), origins.contiguous().numpy(), taps, weights, single, DIVISORS[images.dtype], out.numpy())
     return out
 
 

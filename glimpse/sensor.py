@@ -109,7 +109,7 @@ def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: in
     nearness; mode="area", the pixels floor(k side / n) .. ceil((k + 1) side / n) - 1 equally (adaptive_avg_pool2d's
     blocks). single (S,): the scales whose points are each one whole pixel (side == n).
     """
-    half = torch.tensor([width / 2, height / 2], dtype=torch.float32)
+    half = torch.tensor([width / 2, height / 2])
     shift = torch.stack([_shift(half, side) for side in sides])
     rows = []
     for n, side in zip(counts, sides):
@@ -128,7 +128,7 @@ def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: in
     taps = np.array([[[p for p, _ in point] for point in scale] for scale in padded], np.int64)
     weights = np.array([[[wt for _, wt in point] for point in scale] for scale in padded], np.float32)
     single = (weights[:, :, 1:] == 0).all((1, 2)) if m > 1 else np.ones(len(sides), bool)
-    return shift.numpy(), half.numpy(), taps, weights, single
+    return shift, half, taps, weights, single
 
 
 def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> Tensor:
@@ -136,7 +136,10 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
 
     mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as `crop`).
     """
-    return kernels.read(images, locations, *_taps(counts, sides, mode, *images.shape[-2:]))
+    shift, half, taps, weights, single = _taps(counts, sides, mode, *images.shape[-2:])
+    # `read`'s very expression (addcmul rounds once, as a fused multiply-add): the same origins to the last bit
+    origins = torch.addcmul(shift, locations.unsqueeze(2), half).floor_().long()  # (B, N, S, 2)
+    return kernels.read(images, origins, taps, weights, single)
 
 
 def _on_cpu(images: Tensor) -> bool:

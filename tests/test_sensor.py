@@ -144,3 +144,20 @@ def test_cropped_bytes_are_the_pixels_over_255_exactly():
     pixels = (torch.rand(4, 2, 30, 30) * 255).to(torch.uint8)
     locations = torch.rand(4, 2) * 2 - 1
     assert torch.equal(crop(pixels, locations, 7), crop(pixels.float() / 255, locations, 7))
+
+
+def test_cpu_kernel_places_patches_where_patch_origins_does_to_the_last_bit():
+    """Origins are floor(shift + l * half) as one rounding (addcmul): a multiply then an add would move some patch a pixel."""
+    from glimpse.sensor import _shift, patch_origins
+
+    half = torch.tensor([14.0, 14.0])
+    loc = torch.rand(2_000_000, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    twice_rounded = (_shift(half, 8) + loc * half).floor()
+    edge = loc[(torch.addcmul(_shift(half, 8), loc, half).floor() != twice_rounded).any(1)][:1]
+    assert len(edge) == 1  # such a location exists among these draws
+    image = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28)
+    x, y = patch_origins(edge, 8, 28, 28)[0].tolist()
+    window = torch.zeros(8, 8)
+    inside = image[0, 0, max(y, 0) : y + 8, max(x, 0) : x + 8]
+    window[max(-y, 0) : max(-y, 0) + inside.shape[0], max(-x, 0) : max(-x, 0) + inside.shape[1]] = inside
+    torch.testing.assert_close(crop(image, edge, 8)[0, 0], window, rtol=0, atol=0)

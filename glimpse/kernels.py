@@ -8,7 +8,7 @@ arithmetic: grid_sample needs float images and a materialised sampling grid,
 so each glimpse re-read a 5 MB float canvas batch from outside the cache. Here
 the canvases stay uint8 (a quarter of the bytes), the taps are computed from
 each patch's integer origin, and a whole canvas is drawn in one pass while it
-is in cache (README, "Performance", has the measurements).
+is in cache (README, the throughput notes under "Results", has the measurements).
 """
 
 from __future__ import annotations

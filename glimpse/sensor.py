@@ -21,7 +21,6 @@ same patches (tests hold them to each other and to a per-sample reference).
 from __future__ import annotations
 
 import functools
-
 import math
 
 import numpy as np
@@ -100,7 +99,8 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
 
 
 @functools.lru_cache(maxsize=64)
-def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: int, width: int) -> tuple[np.ndarray, ...]:
+def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: int,
+          width: int) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray, np.ndarray]:
     """For `kernels.read`: where each patch starts (shift (S, 2), half (2,)) and which pixels, weighted how, make its points.
 
     Patch s starts at floor(shift[s] + l * half), `read`'s expression. Along either axis, point k of n in a window
@@ -142,7 +142,7 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
     return kernels.read(images, origins, taps, weights, single)
 
 
-def _on_cpu(images: Tensor) -> bool:
+def _kernel_reads(images: Tensor) -> bool:
     """Whether `kernels.read` takes these images: on the CPU, uint8 or float32 (float64, say, keeps grid_sample's dtype)."""
     return images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32)
 
@@ -167,7 +167,7 @@ def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     Nearest-neighbour reads at the pixels' centres: each value is a pixel, exactly.
     """
     locs, many = _with_n(locations)
-    if _on_cpu(images):
+    if _kernel_reads(images):
         out = read_cpu(images, locs, (side,), (side,), "area").select(2, 0)
         return out if many else out.select(1, 0)
     return _patches(read(images, locs, (side,), (side,), "nearest"), side, 1, many).select(-4, 0)
@@ -224,7 +224,7 @@ def retina(
     sides = tuple(patch_sides(patch, scales, scale_factor))
     if not snap and resize != "bilinear":
         raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
-    if snap and _on_cpu(images):
+    if snap and _kernel_reads(images):
         locs, many = _with_n(locations)
         out = read_cpu(images, locs, (patch,) * len(sides), sides, resize)
         return out if many else out.select(1, 0)

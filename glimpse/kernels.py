@@ -22,15 +22,17 @@ from torch import Tensor
 
 def _threads() -> None:
     """Use as many threads as torch does (1 under a one-thread sweep), never more than numba has."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
 
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no cover - compiled
     """out[i, j, s, c, ky, kx] = sum_a,b wy[ky, a] wx[kx, b] images[i, c, oy + taps[s, ky, a], ox + taps[s, kx, b]] / divisor.
 
-    images (B, C, H, W) uint8 or float32; origins (B, N, S, 2) int64, each patch's top-left
-    pixel (x, y); taps and weights (S, n, m): the m pixels, as offsets from the origin, that
+    images (B, C, H, W) uint8 or float32; origins (B, N, S, 2), each patch's top-left pixel
+    (x, y) as whole numbers in float32; taps and weights (S, n, m): the m pixels, as offsets from the origin, that
     make output pixel k along either axis, and their weights; single[s]: scale s reads one
     pixel per output pixel.
     A tap outside the image weighs zero (grid_sample's zero padding).
@@ -45,7 +47,7 @@ def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no c
         wy = np.empty((n, m), np.float32)
         wx = np.empty((n, m), np.float32)
         for s in range(ns):
-            ox, oy = origins[i, j, s, 0], origins[i, j, s, 1]
+            ox, oy = np.int64(origins[i, j, s, 0]), np.int64(origins[i, j, s, 1])
             for k in range(n):
                 for a in range(m):
                     wt = weights[s, k, a]
@@ -89,17 +91,17 @@ DIVISORS = {torch.uint8: np.float32(255), torch.float32: np.float32(1)}  # uint8
 def read(images: Tensor, origins: Tensor, taps: np.ndarray, weights: np.ndarray, single: np.ndarray) -> Tensor:
     """The retina's patches (B, N, S, C, n, n), float32, from CPU `images` (B, C, H, W) uint8 (as /255) or float32.
 
-    `origins` (B, N, S, 2) int64; `taps`, `weights` (S, n, m) and `single` (S,) as `_read` takes them
-    (`glimpse.sensor._taps` makes them).
+    `origins` (B, N, S, 2), floored float32 (one op fewer a glimpse than int64); `taps`, `weights` (S, n, m)
+    and `single` (S,) as `_read` takes them (`glimpse.sensor._taps` makes them).
     """
     if images.dtype not in DIVISORS:
         raise TypeError(f"the CPU retina reads uint8 or float32 images, not {images.dtype}")
     b, c = images.shape[:2]
     nl, ns, n = origins.shape[1], origins.shape[2], taps.shape[1]
-    out = torch.empty(b, nl, ns, c, n, n)
+    out = np.empty((b, nl, ns, c, n, n), np.float32)
     _threads()
-    _read(images.contiguous().numpy(), origins.contiguous().numpy(), taps, weights, single, DIVISORS[images.dtype], out.numpy())
-    return out
+    _read(images.contiguous().numpy(), origins.numpy(), taps, weights, single, DIVISORS[images.dtype], out)
+    return torch.from_numpy(out)
 
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)

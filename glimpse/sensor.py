@@ -33,7 +33,12 @@ from glimpse import kernels
 
 def patch_sides(patch: int, scales: int, scale_factor: float) -> list[int]:
     """Side in image pixels of each of the retina's patches, finest first."""
-    return [int(round(patch * scale_factor**i)) for i in range(scales)]
+    return list(_sides(patch, scales, scale_factor))
+
+
+@functools.lru_cache(maxsize=64)
+def _sides(patch: int, scales: int, scale_factor: float) -> tuple[int, ...]:
+    return tuple(int(round(patch * scale_factor**i)) for i in range(scales))
 
 
 def _shift(half: Tensor, side: int) -> Tensor:
@@ -138,7 +143,7 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
     """
     shift, half, taps, weights, single = _taps(counts, sides, mode, *images.shape[-2:])
     # `read`'s very expression (addcmul rounds once, as a fused multiply-add): the same origins to the last bit
-    origins = torch.addcmul(shift, locations.unsqueeze(2), half).floor_().long()  # (B, N, S, 2)
+    origins = torch.addcmul(shift, locations.unsqueeze(2), half).floor_()  # (B, N, S, 2)
     return kernels.read(images, origins, taps, weights, single)
 
 
@@ -221,7 +226,7 @@ def retina(
     resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2); with
     snap=False the patches are not rounded to whole pixels and are differentiable in the location.
     """
-    sides = tuple(patch_sides(patch, scales, scale_factor))
+    sides = _sides(patch, scales, scale_factor)
     if not snap and resize != "bilinear":
         raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
     if snap and _kernel_reads(images):

@@ -31,11 +31,10 @@ def _threads() -> None:
 def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no cover - compiled
     """out[i, j, s, c, ky, kx] = sum_a,b wy[ky, a] wx[kx, b] images[i, c, oy + taps[s, ky, a], ox + taps[s, kx, b]] / divisor.
 
-    images (B, C, H, W) uint8 or float32; origins (B, N, S, 2), each patch's top-left pixel
-    (x, y) as whole numbers in float32; taps and weights (S, n, m): the m pixels, as offsets from the origin, that
-    make output pixel k along either axis, and their weights; single[s]: scale s reads one
-    pixel per output pixel.
-    A tap outside the image weighs zero (grid_sample's zero padding).
+    images (B, C, H, W) uint8 or float32; origins (B, N, S, 2), each patch's top-left pixel (x, y)
+    as whole numbers in float32; taps and weights (S, n, m): the m pixels, as offsets from the
+    origin, that make output pixel k along either axis, and their weights; single[s]: scale s
+    reads one pixel per output pixel. A tap outside the image weighs zero (grid_sample's zero padding).
     """
     b, c, h, w = images.shape
     nl, ns = origins.shape[1], origins.shape[2]

@@ -7,9 +7,9 @@ summed in and clipped to [0, 1] (Mnih et al. 2014, section 4.1).
 
 Batches are uint8 pixels (B, C, H, W), as the files hold them: the models read
 them as value / 255 (the sensor on the CPU straight from the bytes, whole-image
-models through `glimpse.models.common.unit`). A 100x100 canvas batch is then a
-quarter of the float bytes, which is what kept the data + sensor share of a
-cluttered training step high (README, "Performance").
+models through `unit`). A 100x100 canvas batch is then a quarter of the float
+bytes: the bytes, not the arithmetic, set the data + sensor share of a cluttered
+training step (README, the throughput notes under "Results").
 
 Validation is carved from the training set (`data.val_fraction`, fixed by the
 seed). Validation and test canvases are drawn once and are the same at every
@@ -78,6 +78,11 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
     images = torch.as_tensor(np.asarray(ds.data))
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+
+def unit(images: Tensor) -> Tensor:
+    """Pixels as floats in [0, 1]: uint8 images (as the data layer serves them) / 255; float images as they are."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 def windows(images: Tensor, h: int, w: int) -> Tensor:

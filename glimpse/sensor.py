@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glimpse import kernels
+from glimpse.data import unit
 
 
 def patch_sides(patch: int, scales: int, scale_factor: float) -> list[int]:
@@ -90,8 +91,7 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
     counts == sides reads each window's pixels exactly; mode="bilinear" at counts == patch
     resizes. The cost is proportional to the points read, never to H and W.
     """
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255)
+    images = unit(images)
     b, c, h, w = images.shape
     n = locations.shape[1]
     half, shift, base, spread = _lattice(counts, sides, h, w, images.device, images.dtype)
@@ -104,18 +104,15 @@ def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tupl
 
 
 @functools.lru_cache(maxsize=64)
-def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: int,
-          width: int) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """For `kernels.read`: where each patch starts (shift (S, 2), half (2,)) and which pixels, weighted how, make its points.
+def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For `kernels.read`: which pixels, weighted how, make each point of a patch.
 
-    Patch s starts at floor(shift[s] + l * half), `read`'s expression. Along either axis, point k of n in a window
-    of `side` pixels is made of pixels (offsets from that start) with weights, (S, n, m): mode="bilinear", the two
+    Along either axis, point k of n in a window of `side` pixels is made of pixels (offsets from the window's
+    origin) with weights, (S, n, m): mode="bilinear", the two
     neighbours floor(t) and floor(t) + 1 of t = (k + 1/2) side / n - 1/2 (F.interpolate's align_corners=False), by
     nearness; mode="area", the pixels floor(k side / n) .. ceil((k + 1) side / n) - 1 equally (adaptive_avg_pool2d's
     blocks). single (S,): the scales whose points are each one whole pixel (side == n).
     """
-    half = torch.tensor([width / 2, height / 2])
-    shift = torch.stack([_shift(half, side) for side in sides])
     rows = []
     for n, side in zip(counts, sides):
         scale = []
@@ -133,23 +130,25 @@ def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str, height: in
     taps = np.array([[[p for p, _ in point] for point in scale] for scale in padded], np.int64)
     weights = np.array([[[wt for _, wt in point] for point in scale] for scale in padded], np.float32)
     single = (weights[:, :, 1:] == 0).all((1, 2)) if m > 1 else np.ones(len(sides), bool)
-    return shift, half, taps, weights, single
+    return taps, weights, single
 
 
 def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> Tensor:
-    """`read`'s patches through `kernels.read` (CPU, snapped): (B, N, S, C, n, n) for `locations` (B, N, 2).
+    """Snapped patches through `kernels.read` (CPU): (B, S, C, n, n) for `locations` (B, 2), (B, N, S, C, n, n) for (B, N, 2).
 
     mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as `crop`).
     """
-    shift, half, taps, weights, single = _taps(counts, sides, mode, *images.shape[-2:])
+    locs, many = _with_n(locations)
+    half, shift = _lattice(counts, sides, *images.shape[-2:], locs.device, locs.dtype)[:2]
     # `read`'s very expression (addcmul rounds once, as a fused multiply-add): the same origins to the last bit
-    origins = torch.addcmul(shift, locations.unsqueeze(2), half).floor_()  # (B, N, S, 2)
-    return kernels.read(images, origins, taps, weights, single)
+    origins = torch.addcmul(shift, locs.unsqueeze(2), half).floor_()  # (B, N, S, 2)
+    out = kernels.read(images, origins, *_taps(counts, sides, mode))
+    return out if many else out.select(1, 0)
 
 
 def _kernel_reads(images: Tensor) -> bool:
-    """Whether `kernels.read` takes these images: on the CPU, uint8 or float32 (float64, say, keeps grid_sample's dtype)."""
-    return images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32)
+    """Whether `kernels.read` takes these images: on the CPU, in a dtype it reads (float64, say, keeps grid_sample's)."""
+    return images.device.type == "cpu" and images.dtype in kernels.DIVISORS
 
 
 def _with_n(locations: Tensor) -> tuple[Tensor, bool]:
@@ -171,10 +170,9 @@ def crop(images: Tensor, locations: Tensor, side: int) -> Tensor:
     Returns (B, C, side, side), or (B, N, C, side, side) for N locations per image.
     Nearest-neighbour reads at the pixels' centres: each value is a pixel, exactly.
     """
-    locs, many = _with_n(locations)
     if _kernel_reads(images):
-        out = read_cpu(images, locs, (side,), (side,), "area").select(2, 0)
-        return out if many else out.select(1, 0)
+        return read_cpu(images, locations, (side,), (side,), "area").select(-4, 0)
+    locs, many = _with_n(locations)
     return _patches(read(images, locs, (side,), (side,), "nearest"), side, 1, many).select(-4, 0)
 
 
@@ -230,9 +228,7 @@ def retina(
     if not snap and resize != "bilinear":
         raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
     if snap and _kernel_reads(images):
-        locs, many = _with_n(locations)
-        out = read_cpu(images, locs, (patch,) * len(sides), sides, resize)
-        return out if many else out.select(1, 0)
+        return read_cpu(images, locations, (patch,) * len(sides), sides, resize)
     if resize == "bilinear":
         return sample(images, locations, patch, sides, snap)
     return area(images, locations, patch, sides)
@@ -248,6 +244,11 @@ class Sensor(torch.nn.Module):
     @property
     def sides(self) -> list[int]:
         return patch_sides(self.patch, self.scales, self.scale_factor)
+
+    def readable(self, images: Tensor) -> Tensor:
+        """`images` as this sensor reads them, made once a batch: as they are where `kernels.read` takes them
+        (snapped, on the CPU: uint8 stays bytes), else floats in [0, 1] for grid_sample, not made at every glimpse."""
+        return images if self.snap and _kernel_reads(images) else unit(images)
 
     def forward(self, images: Tensor, locations: Tensor) -> Tensor:
         return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize, self.snap)

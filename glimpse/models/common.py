@@ -18,11 +18,6 @@ class Episode:
     attention: Tensor | None = None  # (B, T, heads, N): soft attention's weights over the grid cells, per step
 
 
-def unit(images: Tensor) -> Tensor:
-    """Pixels as floats in [0, 1]: uint8 images (as the data layer serves them) / 255; float images as they are."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
-
-
 def start_locations(batch: int, device: torch.device, generator: torch.Generator | None, random: bool) -> Tensor:
     """l_1: uniform at random over [-1, 1]^2, or the centre."""
     if random:

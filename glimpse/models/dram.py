@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from glimpse.models.common import Episode, start_locations, unit
+from glimpse.models.common import Episode, start_locations
 from glimpse.models.ram import ActionNetwork, CoreNetwork, GlimpseNetwork
 from glimpse.sensor import Sensor
 
@@ -69,7 +69,7 @@ class DRAM(nn.Module):
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
         b, device = images.shape[0], images.device
-        images = unit(images)  # the unsnapped glimpses are grid_sample's, on float pixels: made once, not every glimpse
+        images = self.sensor.readable(images)  # unsnapped glimpses are grid_sample's, on floats: made once, not every glimpse
         loc = start_locations(b, device, generator, self.training or self.eval_start == "random")
         state, locations = None, [loc]
         for t in range(self.glimpses):

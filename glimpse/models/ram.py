@@ -255,6 +255,7 @@ class RAM(nn.Module):
 
     def episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:
         """One episode from l_1 = `loc`, with the policy's noise (B, T-1, 2) given (None: greedy, the means)."""
+        images = self.sensor.readable(images)
         if self.fused and self.core.kind == "rnn" and self.glimpses > 1:
             return self.fused_episode(images, loc, noise)
         steps = self.glimpses

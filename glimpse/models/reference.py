@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from glimpse.models.common import Episode, unit
+from glimpse.data import unit
+from glimpse.models.common import Episode
 
 
 class FC(nn.Module):

@@ -174,6 +174,11 @@ class GlimpseData:
 
     def __init__(self, cfg, seed: int, device: torch.device | str = "cpu"):
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        # The canvas settings as plain values: read at every batch, and a DictConfig lookup costs ~7 us (more inside a step).
+        position = cfg.get("position")
+        self.canvas: int | None = cfg.get("canvas")
+        self.position = tuple(position) if position else None
+        self.distractors, self.distractor_size = cfg.get("distractors", 0), cfg.get("distractor_size", 8)
         root = cfg.root if cfg.get("root") else default_root()
         train_x, train_y = load_source(cfg.source, root, True, bool(cfg.get("download", False)))
         test_x, test_y = load_source(cfg.source, root, False, bool(cfg.get("download", False)))
@@ -193,10 +198,6 @@ class GlimpseData:
         self.test.fixed = self._canvases(self.test, seeded(TEST_SEED, "test", device=self.device))
 
     @property
-    def canvas(self) -> int | None:
-        return self.cfg.get("canvas")
-
-    @property
     def image_shape(self) -> tuple[int, int, int]:
         c, h, w = self.train.images.shape[1:]
         return (c, self.canvas, self.canvas) if self.canvas else (c, h, w)
@@ -210,11 +211,8 @@ class GlimpseData:
         images = split.images.index_select(0, idx)  # whole rows: ~10x faster than split.images[idx] for uint8
         if not self.canvas:
             return images
-        position = self.cfg.get("position")
-        return make_canvas(
-            images, self.canvas, self.cfg.get("distractors", 0), split.images, generator, indices=idx,
-            distractor_size=self.cfg.get("distractor_size", 8), position=tuple(position) if position else None,
-        )
+        return make_canvas(images, self.canvas, self.distractors, split.images, generator, indices=idx,
+                           distractor_size=self.distractor_size, position=self.position)
 
     def _canvases(self, split: Split, generator: torch.Generator, chunk: int = 4096) -> Tensor | None:
         if not self.canvas:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 from torch import Tensor
 
 
@@ -27,17 +28,30 @@ def _threads() -> None:
         numba.set_num_threads(wanted)
 
 
+@intrinsic
+def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
+    """a * b + c rounded once (LLVM's llvm.fma), as torch's addcmul computes the grid_sample path's origins on the CPU."""
+    if not (a == b == c and isinstance(a, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.call(builder.module.declare_intrinsic("llvm.fma", [args[0].type] * 3), args)
+
+    return a(a, b, c), codegen
+
+
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no cover - compiled
+def _read(images, locations, half, shift, taps, weights, single, divisor, out):  # pragma: no cover - compiled
     """out[i, j, s, c, ky, kx] = sum_a,b wy[ky, a] wx[kx, b] images[i, c, oy + taps[s, ky, a], ox + taps[s, kx, b]] / divisor.
 
-    images (B, C, H, W) uint8 or float32; origins (B, N, S, 2), each patch's top-left pixel (x, y)
-    as whole numbers in float32; taps and weights (S, n, m): the m pixels, as offsets from the
-    origin, that make output pixel k along either axis, and their weights; single[s]: scale s
-    reads one pixel per output pixel. A tap outside the image weighs zero (grid_sample's zero padding).
+    images (B, C, H, W) uint8 or float32; locations (B, N, 2) as (x, y); patch s's top-left pixel is
+    (ox, oy) = floor(shift[s] + locations[i, j] * half), rounded once as `glimpse.sensor.read`'s addcmul rounds it;
+    taps and weights (S, n, m): the m pixels, as offsets from the origin, that make output pixel k along
+    either axis, and their weights; single[s]: scale s reads one pixel per output pixel. A tap outside the
+    image weighs zero (grid_sample's zero padding). `out` may be a strided view (a row of a larger buffer).
     """
     b, c, h, w = images.shape
-    nl, ns = origins.shape[1], origins.shape[2]
+    nl, ns = locations.shape[1], shift.shape[0]
     n, m = taps.shape[1], taps.shape[2]
     for job in prange(b * nl):
         i, j = job // nl, job % nl
@@ -46,7 +60,8 @@ def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no c
         wy = np.empty((n, m), np.float32)
         wx = np.empty((n, m), np.float32)
         for s in range(ns):
-            ox, oy = np.int64(origins[i, j, s, 0]), np.int64(origins[i, j, s, 1])
+            ox = np.int64(np.floor(_fma(locations[i, j, 0], half[0], shift[s, 0])))
+            oy = np.int64(np.floor(_fma(locations[i, j, 1], half[1], shift[s, 1])))
             for k in range(n):
                 for a in range(m):
                     wt = weights[s, k, a]
@@ -87,20 +102,23 @@ def _read(images, origins, taps, weights, single, divisor, out):  # pragma: no c
 DIVISORS = {torch.uint8: np.float32(255), torch.float32: np.float32(1)}  # uint8 pixels read as value / 255
 
 
-def read(images: Tensor, origins: Tensor, taps: np.ndarray, weights: np.ndarray, single: np.ndarray) -> Tensor:
+def read(images: Tensor, locations: Tensor, half: Tensor, shift: Tensor, taps: np.ndarray, weights: np.ndarray,
+         single: np.ndarray, out: Tensor | None = None) -> Tensor:
     """The retina's patches (B, N, S, C, n, n), float32, from CPU `images` (B, C, H, W) uint8 (as /255) or float32.
 
-    `origins` (B, N, S, 2), floored float32 (one op fewer a glimpse than int64); `taps`, `weights` (S, n, m)
-    and `single` (S,) as `_read` takes them (`glimpse.sensor._taps` makes them).
+    `locations` (B, N, 2) and the pixel units `half` (2,) and `shift` (S, 2) in one float dtype; `taps`, `weights`
+    (S, n, m) and `single` (S,) as `_read` takes them (`glimpse.sensor._taps` makes them). `out`, if given,
+    receives the patches (any strides: RAM writes them straight into its per-step input rows).
     """
     if images.dtype not in DIVISORS:
         raise TypeError(f"the CPU retina reads uint8 or float32 images, not {images.dtype}")
-    b, c = images.shape[:2]
-    nl, ns, n = origins.shape[1], origins.shape[2], taps.shape[1]
-    out = np.empty((b, nl, ns, c, n, n), np.float32)
+    if out is None:
+        b, c = images.shape[:2]
+        out = torch.empty(b, locations.shape[1], shift.shape[0], c, taps.shape[1], taps.shape[1])
     _threads()
-    _read(images.contiguous().numpy(), origins.numpy(), taps, weights, single, DIVISORS[images.dtype], out)
-    return torch.from_numpy(out)
+    _read(images.contiguous().numpy(), locations.numpy(), half.numpy(), shift.numpy(), taps, weights, single,
+          DIVISORS[images.dtype], out.numpy())
+    return out
 
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)

@@ -133,16 +133,19 @@ def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> tuple[n
     return taps, weights, single
 
 
-def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> Tensor:
+def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str,
+             out: Tensor | None = None) -> Tensor:
     """Snapped patches through `kernels.read` (CPU): (B, S, C, n, n) for `locations` (B, 2), (B, N, S, C, n, n) for (B, N, 2).
 
     mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as `crop`).
+    The kernel places each patch as `read` does, floor(shift + l * half) rounded once, to the last bit. `out`, if
+    given, is written (the result's shape, any strides) and returned.
     """
     locs, many = _with_n(locations)
     half, shift = _lattice(counts, sides, *images.shape[-2:], locs.device, locs.dtype)[:2]
-    # `read`'s very expression (addcmul rounds once, as a fused multiply-add): the same origins to the last bit
-    origins = torch.addcmul(shift, locs.unsqueeze(2), half).floor_()  # (B, N, S, 2)
-    out = kernels.read(images, origins, *_taps(counts, sides, mode))
+    if out is not None and not many:
+        out = out.unsqueeze(1)
+    out = kernels.read(images, locs, half, shift, *_taps(counts, sides, mode), out=out)
     return out if many else out.select(1, 0)
 
 
@@ -214,11 +217,12 @@ RESIZES = ("area", "bilinear")
 
 def retina(
     images: Tensor, locations: Tensor, patch: int, scales: int = 1, scale_factor: float = 2.0, resize: str = "area",
-    snap: bool = True,
+    snap: bool = True, out: Tensor | None = None,
 ) -> Tensor:
     """rho(x, l): patches (B, scales, C, patch, patch) of `images` (B, C, H, W) at `locations` (B, 2).
 
     `locations` (B, N, 2) reads N glimpses of each image at once: (B, N, scales, C, patch, patch).
+    `out`, if given, receives the patches (the CPU kernel writes them there: no temporary) and is returned.
 
     resize="area": each side x side window is read whole and area-averaged (exact; cost ~ sum of side^2).
     resize="bilinear": see `sample` (cost ~ scales * patch^2, aliased beyond a ratio of 2); with
@@ -228,10 +232,9 @@ def retina(
     if not snap and resize != "bilinear":
         raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
     if snap and _kernel_reads(images):
-        return read_cpu(images, locations, (patch,) * len(sides), sides, resize)
-    if resize == "bilinear":
-        return sample(images, locations, patch, sides, snap)
-    return area(images, locations, patch, sides)
+        return read_cpu(images, locations, (patch,) * len(sides), sides, resize, out)
+    patches = sample(images, locations, patch, sides, snap) if resize == "bilinear" else area(images, locations, patch, sides)
+    return patches if out is None else out.copy_(patches)
 
 
 class Sensor(torch.nn.Module):
@@ -250,8 +253,8 @@ class Sensor(torch.nn.Module):
         (snapped, on the CPU: uint8 stays bytes), else floats in [0, 1] for grid_sample, not made at every glimpse."""
         return images if self.snap and _kernel_reads(images) else unit(images)
 
-    def forward(self, images: Tensor, locations: Tensor) -> Tensor:
-        return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize, self.snap)
+    def forward(self, images: Tensor, locations: Tensor, out: Tensor | None = None) -> Tensor:
+        return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize, self.snap, out)
 
     def extra_repr(self) -> str:
         return f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}, resize={self.resize}, snap={self.snap}"

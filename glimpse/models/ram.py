@@ -109,7 +109,7 @@ class RNNEpisode(torch.autograd.Function):
 
     The same function as RAM.episode's loop with core="rnn" (tests compare the
     two), built for speed: few and large operations. The forward writes every
-    step into preallocated buffers, and the location and baseline networks run
+    step into preallocated buffers (the sensor writes its patches straight into theirs), and the location and baseline networks run
     as one product [mu_t, b_t] on h_t. The backward runs only the recurrence
     step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
     and each weight's gradient is one matrix product over all T steps (autograd
@@ -137,7 +137,7 @@ class RNNEpisode(torch.autograd.Function):
         w_what_t, w_where_t, w_out_t = w_what.t(), w_where.t(), w_out.t().to(dtype)
         w_ig, w_hh = w_core[:, :g_size].t().to(dtype), w_core[:, g_size:].t().to(dtype)
         w_heads, b_heads = torch.cat((w_loc, w_base)).t(), torch.cat((b_loc, b_base))  # [mu, b] from h
-        inputs = new(steps, b, p + 2)  # [rho(x, l_t), l_t] per step
+        patches, locs = new(steps, b, p), new(steps, b, 2)  # rho(x, l_t) and l_t per step (contiguous: the sensor writes its rows)
         # Each layer's outputs for all steps start as its bias (one copy each); the products add into them.
         y = torch.cat((b_what, b_where)).expand(steps, b, -1).clone()  # [h_g, h_l] per step: the glimpse network's hidden layer
         cast = dtype != y.dtype
@@ -146,11 +146,11 @@ class RNNEpisode(torch.autograd.Function):
         hs = b_core.to(dtype).expand(steps, b, -1).clone()
         heads = new(steps - 1, b, 3)
         samples = new(steps - 1, b, 2)
-        inputs[0, :, p:] = loc
-        for t, (x, y_t, y_in_t, g, h) in enumerate(zip(inputs, y, y_in, gs, hs)):
-            x[:, :p] = sensor(images, x[:, p:]).reshape(b, p)
-            y_t[:, :what].addmm_(x[:, :p], w_what_t)
-            y_t[:, what:].addmm_(x[:, p:], w_where_t)
+        locs[0] = loc
+        for t, (x, l, y_t, y_in_t, g, h) in enumerate(zip(patches, locs, y, y_in, gs, hs)):
+            sensor(images, l, out=x.view(b, sensor.scales, -1, sensor.patch, sensor.patch))
+            y_t[:, :what].addmm_(x, w_what_t)
+            y_t[:, what:].addmm_(l, w_where_t)
             y_t.relu_()
             if cast:
                 y_in_t.copy_(y_t)
@@ -163,19 +163,19 @@ class RNNEpisode(torch.autograd.Function):
                 break
             mu = torch.addmm(b_heads, h.to(heads.dtype), w_heads, out=heads[t])[:, :2].tanh_()
             sample = samples[t].copy_(mu) if noise is None else torch.add(mu, noise[:, t], out=samples[t])
-            torch.clamp(sample, -1, 1, out=inputs[t + 1, :, p:])
-        ctx.save_for_backward(inputs, y_in, gs, hs, heads, w_out, w_core)
+            torch.clamp(sample, -1, 1, out=locs[t + 1])
+        ctx.save_for_backward(patches, locs, y_in, gs, hs, heads, w_out, w_core)
         ctx.what = what
-        locations = inputs[:, :, p:].contiguous()
+        locations = locs.clone()
         ctx.mark_non_differentiable(locations, samples)
         return hs[-1].to(loc.dtype, copy=True), heads, locations, samples
 
     @staticmethod
     def backward(ctx, d_last: Tensor, d_heads: Tensor, _d_locations: Tensor, _d_samples: Tensor):
-        inputs, y, gs, hs, heads, w_out, w_core = ctx.saved_tensors
-        steps, p, g_size, what = hs.shape[0], inputs.shape[2] - 2, w_out.shape[0], ctx.what
+        patches, locs, y, gs, hs, heads, w_out, w_core = ctx.saved_tensors
+        steps, g_size, what = hs.shape[0], w_out.shape[0], ctx.what
         dt, f = hs.dtype, w_core.dtype  # the products' dtype (the forward's `dtype`), the weights' (and their gradients')
-        inputs = inputs.to(dt)  # the patches and locations, for the what/where weights' gradients
+        patches, locs = patches.to(dt), locs.to(dt)  # for the what/where weights' gradients
         flat = lambda z: z.flatten(0, 1)  # noqa: E731  (T, B, n) -> (T * B, n): all steps in one product
         # the heads on the detached h_t: b_t = pre passes its gradient as it is, mu_t = tanh(pre) scales it by 1 - mu^2
         d_pre_heads = d_heads.clone()
@@ -192,8 +192,8 @@ class RNNEpisode(torch.autograd.Function):
         d_g = torch.ops.aten.threshold_backward(flat(d_pre) @ w_core[:, :g_size].to(dt), flat(gs), 0)
         d_w_out, d_b_out = (d_g.t() @ flat(y)).to(f), d_g.sum(0, dtype=f)
         d_y = torch.ops.aten.threshold_backward(d_g @ w_out.to(dt), flat(y), 0)
-        d_b_in, x = d_y.sum(0, dtype=f), flat(inputs)
-        d_w_what, d_w_where = (d_y[:, :what].t() @ x[:, :p]).to(f), (d_y[:, what:].t() @ x[:, p:]).to(f)
+        d_b_in = d_y.sum(0, dtype=f)
+        d_w_what, d_w_where = (d_y[:, :what].t() @ flat(patches)).to(f), (d_y[:, what:].t() @ flat(locs)).to(f)
         return (None, None, None, None, None, None, d_w_what, d_b_in[:what], d_w_where, d_b_in[what:], d_w_out, d_b_out,
                 d_w_core, d_b_core, d_w_heads[:2], d_b_heads[:2], d_w_heads[2:], d_b_heads[2:])
 

@@ -143,10 +143,9 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
     """
     locs, many = _with_n(locations)
     half, shift = _lattice(counts, sides, *images.shape[-2:], locs.device, locs.dtype)[:2]
-    if out is not None and not many:
-        out = out.unsqueeze(1)
-    out = kernels.read(images, locs, half, shift, *_taps(counts, sides, mode), out=out)
-    return out if many else out.select(1, 0)
+    into = None if out is None else out if many else out.unsqueeze(1)
+    patches = kernels.read(images, locs, half, shift, *_taps(counts, sides, mode), out=into)
+    return out if out is not None else patches if many else patches.select(1, 0)
 
 
 def _kernel_reads(images: Tensor) -> bool:

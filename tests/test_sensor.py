@@ -161,3 +161,29 @@ def test_cpu_kernel_places_patches_where_patch_origins_does_to_the_last_bit():
     inside = image[0, 0, max(y, 0) : y + 8, max(x, 0) : x + 8]
     window[max(-y, 0) : max(-y, 0) + inside.shape[0], max(-x, 0) : max(-x, 0) + inside.shape[1]] = inside
     torch.testing.assert_close(crop(image, edge, 8)[0, 0], window, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("height, width", [(28, 28), (100, 100), (29, 60)])
+def test_cpu_kernel_origins_equal_patch_origins_over_many_locations(height, width):
+    """The kernel computes each origin itself (one rounding, as addcmul): every 1x1 and 7x7 window starts where patch_origins says."""
+    from glimpse.sensor import patch_origins
+
+    pixels = torch.arange(1, height * width + 1, dtype=torch.float32).view(1, 1, height, width)  # 0 only outside
+    locations = torch.rand(200_000, 2, generator=torch.Generator().manual_seed(height + width)) * 2 - 1
+    for side in (1, 7):
+        x, y = patch_origins(locations, side, height, width).unbind(1)
+        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        expected = torch.where(inside, y * width + x + 1, 0).float()
+        assert torch.equal(crop(pixels, locations[None], side)[0, :, 0, 0, 0], expected)
+
+
+@pytest.mark.parametrize("images", [(torch.rand(6, 2, 40, 40) * 255).to(torch.uint8), torch.rand(6, 2, 40, 40, dtype=torch.float64)],
+                         ids=["cpu kernel", "grid_sample"])
+def test_sensor_writes_into_a_given_buffer(images):
+    """`out=` (RAM's per-step rows): the patches land in the buffer, the same values as a fresh result, nothing else touched."""
+    sensor, locations = Sensor(6, 3, 2.0, "bilinear"), torch.rand(6, 2) * 2 - 1
+    rows = torch.full((6, 3 * 2 * 6 * 6 + 2), -7.0, dtype=torch.float32 if images.dtype == torch.uint8 else images.dtype)
+    view = rows[:, :-2].view(6, 3, 2, 6, 6)
+    assert sensor(images, locations, out=view) is view
+    torch.testing.assert_close(view, sensor(images, locations), rtol=0, atol=0)
+    assert (rows[:, -2:] == -7).all()

@@ -6,9 +6,10 @@ and `glimpse.data.canvas_torch`. On the CPU these kernels replace them because
 on a 100x100 canvas the step's time in data and sensor was memory, not
 arithmetic: grid_sample needs float images and a materialised sampling grid,
 so each glimpse re-read a 5 MB float canvas batch from outside the cache. Here
-the canvases stay uint8 (a quarter of the bytes), the taps are computed from
-each patch's integer origin, and a whole canvas is drawn in one pass while it
-is in cache (README, the throughput notes under "Results", has the measurements).
+the canvases stay uint8 (a quarter of the bytes), each patch's integer origin
+is computed from its location in the kernel and its taps from that origin, the
+patches are written where the caller wants them (RAM: its per-step rows), and a
+whole canvas is drawn in one pass while it is in cache (README, the throughput notes under "Results", has the measurements).
 """
 
 from __future__ import annotations

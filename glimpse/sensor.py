@@ -143,9 +143,11 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
     """
     locs, many = _with_n(locations)
     half, shift = _lattice(counts, sides, *images.shape[-2:], locs.device, locs.dtype)[:2]
-    into = None if out is None else out if many else out.unsqueeze(1)
-    patches = kernels.read(images, locs, half, shift, *_taps(counts, sides, mode), out=into)
-    return out if out is not None else patches if many else patches.select(1, 0)
+    if out is not None:  # the kernel writes (B, N, ...): a (B, ...) buffer gets its N = 1 axis as a view
+        kernels.read(images, locs, half, shift, *_taps(counts, sides, mode), out=out if many else out.unsqueeze(1))
+        return out
+    patches = kernels.read(images, locs, half, shift, *_taps(counts, sides, mode))
+    return patches if many else patches.select(1, 0)
 
 
 def _kernel_reads(images: Tensor) -> bool:

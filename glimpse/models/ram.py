@@ -110,8 +110,8 @@ class RNNEpisode(torch.autograd.Function):
     The same function as RAM.episode's loop with core="rnn" (tests compare the
     two), built for speed: few and large operations. The forward writes every
     step into preallocated buffers (the sensor its patches too), and the location
-    and baseline networks run as one product [mu_t, b_t] on h_t. The backward runs only the recurrence
-    step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
+    and baseline networks run as one product [mu_t, b_t] on h_t. The backward
+    runs only the recurrence step by step, dpre_t = (dh_t + dpre_{t+1} W_hh) * [h_t > 0],
     and each weight's gradient is one matrix product over all T steps (autograd
     would do T small ones).
     Gradients: the location and baseline networks read h_t detached (as in the

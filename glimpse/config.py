@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from glimpse.data import SOURCES
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS
 from glimpse.sensor import RESIZES
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The repository's conf/, installed as the package glimpse.conf (pyproject.toml): the same folder in editable
+# and plain installs.
+CONF_DIR = Path(str(files("glimpse.conf")))
 GROUPS = ("data", "model", "trainer", "experiment")
+
+# Config keys that never change what a finished run computes: a resumed run may change them (train), the
+# HParams table leaves them out (visual) and the comparison does not tell settings apart by them (compare).
+# Not trainer.eval_batch_size: the sampled policy's draws follow the batches.
+RESULT_NEUTRAL_KEYS = frozenset({
+    "trainer.resume", "trainer.progress", "trainer.checkpoint_every_minutes", "trainer.visual_every",
+    "trainer.visual_images", "trainer.cuda_graph", "trainer.on_nonfinite", "data.root", "data.download",
+})
 DEVICES, DEVICES_ALLOWED = r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N, mps"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: {'model': {'glimpses': 6}} -> {'model.glimpses': 6}.
+
+    Takes plain containers or an OmegaConf config (resolved); lists and other leaves stay as they are."""
+    if OmegaConf.is_config(tree):
+        tree = OmegaConf.to_container(tree, resolve=True)
+    if not isinstance(tree, Mapping):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
 
 
 def choices(group: str) -> list[str]:

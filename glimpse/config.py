@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from glimpse.sensor import RESIZES
 # The repository's conf/, installed as the package glimpse.conf (pyproject.toml): the same folder in editable
 # and plain installs.
 CONF_DIR = Path(str(files("glimpse.conf")))
-GROUPS = ("data", "model", "trainer", "experiment")
+GROUPS = ("data", "model", "sensor", "trainer", "experiment")
 
 # Config keys that never change what a finished run computes: a resumed run may change them (train), the
 # HParams table leaves them out (visual) and the comparison does not tell settings apart by them (compare).
@@ -45,21 +45,75 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def choices(group: str) -> list[str]:
-    """The options of a config group: the yaml files in conf/<group>/."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def search_path(args: Sequence[str]) -> list[str]:
+    """The config folders a `hydra.searchpath=[file://my_conf]` override adds to the package's conf/ ([] if none)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for arg in args:
+        if re.match(r"\+{0,2}hydra\.searchpath=", arg):  # Hydra, too, reads the first one only
+            try:
+                value = OverridesParser.create().parse_override(arg).value()
+            except HydraException as err:
+                raise UserError(f"invalid override: {arg} ({str(err).strip().splitlines()[0]})") from None
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError("hydra.searchpath", value, "a list of folders, e.g. [file://my_conf]")
+            return value
+    return []
+
+
+def config_folders(searchpath: Sequence[str] = ()) -> list[Path]:
+    """The folders Hydra reads config groups from, in its order: the package's conf/, then each searchpath entry.
+
+    file://<folder> (relative to the working directory, as Hydra reads it) and pkg://<package>; Hydra only warns
+    about a folder that is not there, which would leave the user's presets silently unknown."""
+    folders = [CONF_DIR]
+    for entry in searchpath:
+        scheme, sep, where = entry.partition("://")
+        scheme, where = (scheme, where) if sep else ("file", entry)
+        if scheme not in ("file", "pkg"):
+            continue  # structured:// and plugins' schemes hold no yaml files to list
+        try:
+            folder = Path(str(files(where.replace("/", ".")))) if scheme == "pkg" else Path(where)
+        except (ImportError, TypeError, ValueError):
+            folder = None
+        if folder is None or not folder.is_dir():
+            where = "no installed package" if scheme == "pkg" else f"no folder (seen from {Path.cwd()})"
+            raise UserError(f"invalid override: hydra.searchpath entry {entry} names {where}")
+        folders.append(folder)
+    return folders
+
+
+def choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:
+    """The options of a config group: the yaml files in conf/<group>/ and in each searchpath folder's <group>/."""
+    return sorted({p.stem for folder in config_folders(searchpath) for p in (folder / group).glob("*.yaml")})
+
+
+def option_file(group: str, option: str, searchpath: Sequence[str] = ()) -> Path | None:
+    """The yaml file Hydra reads for `group=option`: the first folder's that has one."""
+    return next((f / group / f"{option}.yaml" for f in config_folders(searchpath)
+                 if (f / group / f"{option}.yaml").is_file()), None)
 
 
 def check_overrides(args: list[str]) -> None:
-    """Refuse an unknown `group=option` on the command line before Hydra composes anything."""
+    """Refuse an unknown `group=option` on the command line before Hydra composes anything.
+
+    The options are the package's and those of the folders a `hydra.searchpath=[...]` override adds."""
+    searchpath = search_path(args)
+    users = config_folders(searchpath)[1:]
     for arg in args:
         m = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=(.*)", arg)
         if not m:
             continue
         group, value = m.groups()
+        allowed = choices(group, searchpath)
         for option in value.split(","):  # multirun: data=mnist,cluttered_mnist60
-            if option and option != "null" and option not in choices(group):
-                raise ConfigError(group, option, ", ".join(choices(group)))
+            if option and option != "null" and option not in allowed:
+                raise ConfigError(group, option, ", ".join(allowed))
+            hidden = [f / group / f"{option}.yaml" for f in users if (f / group / f"{option}.yaml").is_file()]
+            if hidden and (CONF_DIR / group / f"{option}.yaml").is_file():  # the user's edits would be ignored
+                raise UserError(f"invalid config: {hidden[0]} has the name of the package's {group}={option}, which "
+                                "Hydra reads instead: rename the file")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -92,15 +146,18 @@ def known_keys(section: str) -> list[str]:
     """The keys glimpse reads under `section` ('' for the top level), from the yaml files that define them."""
     import yaml
 
-    files = {"": ["config.yaml"], "trainer": ["trainer/*.yaml"], "data": ["data/*.yaml"], "model": ["model/*.yaml"],
-             "sensor": ["config.yaml"]}.get(section.split(".")[0], [])
-    keys: set[str] = set()
-    for pattern in files:
-        for path in CONF_DIR.glob(pattern):
-            tree = yaml.safe_load(path.read_text()) or {}
-            node = tree.get("sensor", {}) if section == "sensor" else tree
-            keys |= {k for k in node if k not in ("defaults", "hydra")}
-    return sorted(keys | ({"data", "model", "trainer"} if section == "" else set()))
+    groups = [g for g in GROUPS if g != "experiment"]  # a preset only sets the other groups' keys
+    group = section.split(".")[0]
+    if section == "":
+        paths, keys = [CONF_DIR / "config.yaml"], set(groups)
+    elif group in groups:
+        paths, keys = list(CONF_DIR.glob(f"{group}/*.yaml")), set()
+    else:
+        paths, keys = [], set()
+    for path in paths:
+        tree = yaml.safe_load(path.read_text()) or {}
+        keys |= {k for k in tree if k not in ("defaults", "hydra")}
+    return sorted(keys)
 
 
 def _get(cfg: DictConfig, key: str):
@@ -175,8 +232,9 @@ def validate(cfg: DictConfig) -> None:
         one_of("model.core", ("rnn", "lstm", "gru"))
     if "eval_start" in model_keys:
         one_of("model.eval_start", ("centre", "random"))
-    if "location_grad_to_core" in model_keys:
-        boolean("model.location_grad_to_core")
+    for key in ("location_grad_to_core", "fused"):
+        if key in model_keys:
+            boolean(f"model.{key}")
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
     for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):

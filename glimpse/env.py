@@ -7,14 +7,16 @@ sensor call per step for all N. Both read the image through the project's retina
 `glimpse.data.GlimpseData` built from the same config as `python -m glimpse.train`,
 so an agent here sees exactly what RAM sees in training and evaluation.
 
-`import glimpse` registers, with the RAM paper's settings (conf/experiment/ram_*.yaml):
+`import glimpse` registers one id per RAM paper preset (conf/experiment/ram_*.yaml): the environment takes
+the preset's data, glimpse count and retina, read from the composed preset when it is made.
 
-    glimpse/MNIST-v0                6 glimpses, 8x8, 1 scale         (ram_mnist)
-    glimpse/TranslatedMNIST-v0      8 glimpses, 12x12, 3 scales      (ram_translated60)
-    glimpse/ClutteredMNIST60-v0     8 glimpses, 12x12, 3 scales      (ram_cluttered60)
-    glimpse/ClutteredMNIST100-v0    8 glimpses, 12x12, 4 scales      (ram_cluttered100)
-    glimpse/FashionMNIST-v0         the project's defaults: 6 glimpses, 8x8, 1 scale
-    glimpse/CIFAR10-v0              the project's defaults: 6 glimpses, 8x8, 1 scale
+    glimpse/MNIST-v0                    ram_mnist
+    glimpse/TranslatedMNIST-v0          ram_translated60
+    glimpse/ClutteredMNIST60-v0         ram_cluttered60
+    glimpse/ClutteredMNIST100-v0        ram_cluttered100
+    glimpse/ClutteredFashionMNIST60-v0  ram_cluttered_fashion60
+    glimpse/FashionMNIST-v0             ram_mnist with data=fashion_mnist
+    glimpse/CIFAR10-v0                  ram_mnist with data=cifar10
 
 Torch and the data modules are imported inside the functions that use them: `import
 glimpse` imports this module to register the ids and should stay cheap.
@@ -47,19 +49,22 @@ STARTS = ("random", "centre")
 # 40 ms in one call and 17 ms in chunks of 256, whose temporaries the allocator reuses instead of mapping anew.
 DRAW_CHUNK = 256
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "MNIST": dict(data="mnist", glimpses=6, patch=8, scales=1, scale_factor=2.0, resize="area"),
-    "TranslatedMNIST": dict(data="translated_mnist", glimpses=8, patch=12, scales=3, scale_factor=2.0, resize="bilinear"),
-    "ClutteredMNIST60": dict(data="cluttered_mnist60", glimpses=8, patch=12, scales=3, scale_factor=2.0, resize="bilinear"),
-    "ClutteredMNIST100": dict(data="cluttered_mnist100", glimpses=8, patch=12, scales=4, scale_factor=2.0, resize="bilinear"),
-    "FashionMNIST": dict(data="fashion_mnist", glimpses=6, patch=8, scales=1, scale_factor=2.0, resize="area"),
-    "CIFAR10": dict(data="cifar10", glimpses=6, patch=8, scales=1, scale_factor=2.0, resize="area"),
+# glimpse/<name>-v0 -> the environment's arguments. Names only: the values live in conf/, composed at `make`.
+# Fashion-MNIST and CIFAR-10 at their own size have no preset: they take ram_mnist's glimpses and retina.
+REGISTERED: dict[str, dict[str, str]] = {
+    "MNIST": dict(experiment="ram_mnist"),
+    "TranslatedMNIST": dict(experiment="ram_translated60"),
+    "ClutteredMNIST60": dict(experiment="ram_cluttered60"),
+    "ClutteredMNIST100": dict(experiment="ram_cluttered100"),
+    "ClutteredFashionMNIST60": dict(experiment="ram_cluttered_fashion60"),
+    "FashionMNIST": dict(experiment="ram_mnist", data="fashion_mnist"),
+    "CIFAR10": dict(experiment="ram_mnist", data="cifar10"),
 }
 
 
 def register_envs() -> None:
-    """Register glimpse/<name>-v0 for every preset; entry points are strings, so nothing is loaded until `make`."""
-    for name, kwargs in PRESETS.items():
+    """Register glimpse/<name>-v0 for each entry of REGISTERED: string entry points, so nothing loads until `make`."""
+    for name, kwargs in REGISTERED.items():
         env_id = f"glimpse/{name}-v0"
         if env_id not in gymnasium.registry:
             gymnasium.register(
@@ -94,10 +99,13 @@ def _load(cfg: DictConfig, device: str) -> GlimpseData:
 
 
 def _setup(
-    data: str | GlimpseData, split: str, seed: int, glimpses: int, patch: int, scales: int, scale_factor: float,
-    resize: str, start: str, overrides: Sequence[str], device: str | None,
+    experiment: str | None, data: str | GlimpseData | None, split: str, seed: int, glimpses: int | None,
+    patch: int | None, scales: int | None, scale_factor: float | None, resize: str | None, start: str,
+    overrides: Sequence[str], device: str | None,
 ) -> tuple[DictConfig, GlimpseData]:
-    """The config `python -m glimpse.train data=<data> ...` would run with these settings, and its data."""
+    """The config `python -m glimpse.train experiment=<experiment> data=<data> ...` would run, and its data.
+
+    A setting left None keeps the preset's value (without a preset, the project's default)."""
     from glimpse.config import compose_config
     from glimpse.data import GlimpseData
 
@@ -106,10 +114,17 @@ def _setup(
     if start not in STARTS:
         raise ValueError(f"start={start!r}; allowed: {', '.join(STARTS)}")
     given = isinstance(data, GlimpseData)
-    settings = [f"seed={seed}", f"model.glimpses={glimpses}", f"sensor.patch={patch}", f"sensor.scales={scales}",
-                f"sensor.scale_factor={scale_factor}", f"sensor.resize={resize}"]
+    chosen = [f"experiment={experiment}"] if experiment is not None else []
+    if data is not None and not given:
+        chosen.append(f"data={data}")
+    settings = {"model.glimpses": glimpses, "sensor.patch": patch, "sensor.scales": scales,
+                "sensor.scale_factor": scale_factor, "sensor.resize": resize}
+    chosen += [f"seed={seed}"] + [f"{key}={value}" for key, value in settings.items() if value is not None]
     # The checks of training's config (one clear UserError line per mistake) apply to the sensor settings too.
-    cfg = compose_config(([] if given else [f"data={data}"]) + settings + list(overrides))
+    cfg = compose_config(chosen + list(overrides))
+    if "glimpses" not in cfg.model:
+        raise ValueError(f"experiment={experiment!r} trains {cfg.model.name}, which reads no glimpses; "
+                         "the environment takes a glimpse model's preset (ram_*, soft_*, dram_*)")
     if given:
         if device is not None and str(device) != str(data.device):
             raise ValueError(f"device={device!r} differs from the given data's device {data.device}")
@@ -309,11 +324,16 @@ class GlimpseEnv(gymnasium.Env):
 
     ## Arguments
 
+    `experiment`: an `experiment=` preset (`ram_cluttered60`; the registered ids
+    name one) whose data, glimpse count and retina the environment takes;
     `data`: a `data=` config name (`mnist`, `translated_mnist`, `cluttered_mnist60`,
-    `cluttered_mnist100`, `fashion_mnist`, `cifar10`) or a `GlimpseData`;
+    `cluttered_mnist100`, `fashion_mnist`, `cluttered_fashion_mnist60`, `cifar10`)
+    or a `GlimpseData`, in place of the preset's data;
     `split`: `train`, `val` or `test`; `seed`: the project's `seed` (which training
     images form validation, and its canvases; episodes are seeded by `reset`);
-    `glimpses`, `patch`, `scales`, `scale_factor`, `resize`: T and the retina;
+    `glimpses`, `patch`, `scales`, `scale_factor`, `resize`: T and the retina, in
+    place of the preset's; left None, the preset's (without a preset the project's
+    defaults: mnist, conf/model/ram.yaml's glimpses, conf/sensor/mnist.yaml);
     `start`; `reward_every_step`; `overrides`: further `python -m glimpse.train`
     overrides (`data.root=...`, `data.train_limit=1000`); `device`.
 
@@ -331,23 +351,25 @@ class GlimpseEnv(gymnasium.Env):
 
     def __init__(
         self,
-        data: str | GlimpseData = "mnist",
+        data: str | GlimpseData | None = None,
         split: str = "train",
         seed: int = 0,
-        glimpses: int = 6,
-        patch: int = 8,
-        scales: int = 1,
-        scale_factor: float = 2.0,
-        resize: str = "area",
+        glimpses: int | None = None,
+        patch: int | None = None,
+        scales: int | None = None,
+        scale_factor: float | None = None,
+        resize: str | None = None,
         start: str = "random",
         reward_every_step: bool = False,
         overrides: Sequence[str] = (),
         device: str | None = None,
         render_mode: str | None = None,
+        experiment: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}; allowed: None, {', '.join(self.metadata['render_modes'])}")
-        self.config, data = _setup(data, split, seed, glimpses, patch, scales, scale_factor, resize, start, overrides, device)
+        self.config, data = _setup(experiment, data, split, seed, glimpses, patch, scales, scale_factor, resize, start,
+                                   overrides, device)
         self.split, self.start, self.render_mode = split, start, render_mode
         self.observation_space, self.action_space = _spaces(self.config, data)
         self._episodes = _Episodes(self.config, data, split, 1, reward_every_step, type(self).__name__)
@@ -457,26 +479,28 @@ class GlimpseVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        data: str | GlimpseData = "mnist",
+        data: str | GlimpseData | None = None,
         split: str = "train",
         seed: int = 0,
-        glimpses: int = 6,
-        patch: int = 8,
-        scales: int = 1,
-        scale_factor: float = 2.0,
-        resize: str = "area",
+        glimpses: int | None = None,
+        patch: int | None = None,
+        scales: int | None = None,
+        scale_factor: float | None = None,
+        resize: str | None = None,
         start: str = "random",
         reward_every_step: bool = False,
         overrides: Sequence[str] = (),
         device: str | None = None,
         tensors: bool = False,
         render_mode: str | None = None,
+        experiment: str | None = None,
     ):
         if not (isinstance(num_envs, int) and num_envs > 0):
             raise ValueError(f"num_envs={num_envs!r}; allowed: a positive integer")
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}; GlimpseVectorEnv does not render (GlimpseEnv does)")
-        self.config, data = _setup(data, split, seed, glimpses, patch, scales, scale_factor, resize, start, overrides, device)
+        self.config, data = _setup(experiment, data, split, seed, glimpses, patch, scales, scale_factor, resize, start,
+                                   overrides, device)
         self.num_envs, self.split, self.start, self.tensors = num_envs, split, start, tensors
         self.single_observation_space, self.single_action_space = _spaces(self.config, data)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -651,7 +675,7 @@ def vector_steps_per_second(env_id: str, num_envs: int, steps: int, **kwargs: An
     envs.action_space.seed(0)
     actions = [envs.action_space.sample() for _ in range(8)]
     envs.reset(seed=0)
-    glimpses = kwargs.get("glimpses", gymnasium.spec(env_id).kwargs["glimpses"])
+    glimpses = envs.unwrapped.glimpses
     for i in range(glimpses + 1):
         envs.step(actions[i % 8])
     tic = time.perf_counter()

@@ -45,8 +45,12 @@ def play(env: GlimpseEnv, actions: list[dict], **reset) -> list[tuple]:
     return seen
 
 
-@pytest.mark.parametrize("env_id", [*MNIST_FAMILY, pytest.param("glimpse/FashionMNIST-v0", marks=pytest.mark.skipif(
-    not (data_root() / "FashionMNIST" / "raw").is_dir(), reason="FashionMNIST not found under GLIMPSE_DATA"))])
+needs_fashion = pytest.mark.skipif(not (data_root() / "FashionMNIST" / "raw").is_dir(),
+                                   reason="FashionMNIST not found under GLIMPSE_DATA")
+
+
+@pytest.mark.parametrize("env_id", [*MNIST_FAMILY, pytest.param("glimpse/FashionMNIST-v0", marks=needs_fashion),
+                                    pytest.param("glimpse/ClutteredFashionMNIST60-v0", marks=needs_fashion)])
 def test_gymnasium_checker_passes_on_every_registered_mnist_id(env_id):
     env = gymnasium.make(env_id, overrides=SMALL)
     check_env(env.unwrapped)
@@ -79,7 +83,7 @@ def test_a_seeded_reset_replays_the_same_episode():
 
 
 def test_every_observation_lies_in_the_observation_space():
-    env = GlimpseEnv("cluttered_mnist100", overrides=SMALL, patch=12, scales=4, resize="bilinear", glimpses=8)
+    env = GlimpseEnv(experiment="ram_cluttered100", overrides=SMALL)
     env.action_space.seed(1)
     for seed in range(5):
         for obs, _, _ in play(env, [env.action_space.sample() for _ in range(8)], seed=seed):
@@ -151,7 +155,7 @@ def test_vector_env_shapes_and_next_step_autoreset():
 
 
 def test_vector_env_sees_what_single_envs_see_given_the_same_images_and_actions():
-    n, kwargs = 4, dict(data="cluttered_mnist60", split="test", glimpses=3, patch=12, scales=3, resize="bilinear", overrides=SMALL)
+    n, kwargs = 4, dict(experiment="ram_cluttered60", split="test", glimpses=3, overrides=SMALL)
     rng = np.random.default_rng(0)
     indices, starts = rng.integers(0, 200, n), rng.uniform(-1, 1, (n, 2)).astype(np.float32)
     actions = [{"location": rng.uniform(-1.2, 1.2, (n, 2)).astype(np.float32), "prediction": rng.integers(0, 10, n)} for _ in range(3)]

@@ -34,7 +34,7 @@ class CNN(nn.Module):
 
     stochastic = False
 
-    def __init__(self, image_shape: tuple[int, int, int], classes: int = 10, channels: tuple[int, int] = (32, 64)):
+    def __init__(self, image_shape: tuple[int, int, int], classes: int = 10, channels: tuple[int, int] = (16, 32)):
         super().__init__()
         c, h, w = image_shape
         self.features = nn.Sequential(

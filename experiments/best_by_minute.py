@@ -2,8 +2,8 @@
 
     python experiments/best_by_minute.py RUN_FOLDER... [--minutes 10 23 28]
 
-The by-minute figures of README's equal-minutes comparison: the same curves and minutes
-as compare.py's curves_minutes.png (`compare.curve_and_minutes`), read at fixed minutes.
+The by-minute figures of README's equal-minutes comparison: the same curves and minutes (from each
+run's history.jsonl) as glimpse.compare's curves_minutes.png (`curve_and_minutes`), read at fixed minutes.
 Prints one line per run: its folder name, test error, greedy test error, training
 minutes in all, and minute:best-validation-error pairs ('-' before its first epoch ended).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compare import curve_and_minutes, load_run
+from glimpse.compare import curve_and_minutes, load_run
 
 
 def best_by_minute(curve: list[tuple[int, float]], minutes: list[float], at: float) -> float | None:

@@ -1,4 +1,5 @@
-"""experiments/compare.py on synthetic sweep folders: table cells, failed runs, settings, CSV and plots."""
+"""glimpse.compare on synthetic sweep folders: table cells, failed runs, settings, curves, CSV and plots; and on the
+run folders kept in the repository, whose committed comparisons it re-makes."""
 
 from __future__ import annotations
 
@@ -17,21 +18,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from glimpse import compare
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "compare.py"
+RUNS = ROOT / "experiments" / "results" / "runs"
 PNGS = ("error_vs_glimpses.png", "error_vs_macs.png", "error_vs_pixels.png", "curves.png", "curves_minutes.png")
 
 
 def load_script(name: str):
-    """experiments/<name>.py as module `name` (the scripts import each other by name, as run from experiments/)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    """experiments/<name>.py, a script rather than a module of the package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-compare = load_script("compare")
 
 # (model, data) -> test errors of seeds 0, 1, ...; glimpse models have glimpses, whole-image ones not.
 ERRORS = {
@@ -46,8 +45,10 @@ FINISHED = sum(len(errors) for errors in ERRORS.values())  # the failed run's fo
 
 
 def make_run(folder: Path, model: str, data: str, seed: int, error: float | None, glimpses: int | None = 6,
-             overrides: list[str] | None = None, curve: bool = True, log: str = "") -> Path:
-    """A run folder as glimpse.train writes it; error=None: no metrics.json (failed)."""
+             overrides: list[str] | None = None, history: bool = True, log: str = "",
+             finished: str = "2026-01-01T10:01:00+00:00") -> Path:
+    """A run folder as glimpse.train writes it; error=None: no metrics.json (failed); `finished`: the time of
+    history.jsonl's last record."""
     (folder / ".hydra").mkdir(parents=True)
     model_cfg = {"name": model, **({"glimpses": glimpses} if glimpses else {})}
     config = {"data": {"name": data, "root": "${oc.env:GLIMPSE_DATA,data}"}, "model": model_cfg,
@@ -56,19 +57,21 @@ def make_run(folder: Path, model: str, data: str, seed: int, error: float | None
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / "train.log").write_text(log or "[2026-01-01 10:00:00,000][glimpse.train][INFO] - epoch 1/2: ...\n")
-    if curve:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(log_dir=str(folder)) as writer:
-            # two epochs of 30,000 images: 40 s and 20 s, the 60 s of metrics.json below
-            for step, value, rate in ((10, 50.0 + seed, 750.0), (20, 10.0 + seed, 1500.0)):
-                writer.add_scalar("val/error", value, step)
-                writer.add_scalar("train/images_per_second", rate, step)
+    if history:
+        # two epochs of 30,000 images: 40 s and 20 s, the 60 s of metrics.json below
+        records = [{"epoch": 1, "step": 10, "train_seconds": 40.0, "images_seen": 30_000,
+                    "time": "2026-01-01T10:00:40+00:00", "train/loss/ce": 1.5, "train/images_per_second": 750.0,
+                    "val/error": 50.0 + seed, "val/error_greedy": 60.0 + seed},
+                   {"epoch": 2, "step": 20, "train_seconds": 60.0, "images_seen": 60_000, "time": finished,
+                    "train/loss/ce": 0.5, "train/images_per_second": 1500.0, "val/error": 10.0 + seed,
+                    "val/error_greedy": 20.0 + seed}]
+        (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if error is not None:
         metrics = {"model": model, "data": data, "seed": seed, "test_error": error, "test_error_greedy": error + 1.0,
                    "val_error_best": error - 0.5, "epochs": 2, "train_seconds": 60.0, "train_images_per_second": 1000.0,
-                   "params": 1000, "macs_per_image": 1e6 if glimpses else 3e6, "pixels_per_image": 64.0 if glimpses else 784.0,
-                   "glimpses": glimpses, "device": "cpu", "torch": "2.9.0", "machine": "x86_64"}
+                   "params": 1000, "macs_per_image": 1e6 if glimpses else 3e6,
+                   "pixels_per_image": 64.0 if glimpses else 784.0, "glimpses": glimpses, "device": "cpu",
+                   "torch": "2.9.0", "machine": "x86_64"}
         (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 
@@ -82,7 +85,8 @@ def sweep(tmp_path: Path) -> Path:
         for seed, error in enumerate(errors):
             make_run(root / str(n), model, data, seed, error, GLIMPSES[model])
             n += 1
-    make_run(root / str(n), "ram", "mnist", 7, None, log="[2026-01-01 10:00:00,000][glimpse.train][INFO] - epoch 1/2: ...\n"
+    make_run(root / str(n), "ram", "mnist", 7, None,
+             log="[2026-01-01 10:00:00,000][glimpse.train][INFO] - epoch 1/2: ...\n"
              "Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
              "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
     return root
@@ -145,10 +149,10 @@ def test_table_cells_failed_runs_csv_and_plots(sweep, tmp_path):
 
     failed = text.split("## Failed or unfinished runs", 1)[1]
     assert str(sweep / str(FINISHED)) in failed and "RuntimeError: CUDA out of memory" in failed
-    assert "python experiments/compare.py" in text and "torch 2.9.0 on x86_64" in text
+    assert "python -m glimpse.compare" in text and "torch 2.9.0 on x86_64" in text
 
     with (out / "runs.csv").open() as f:
-        assert f.readline().startswith("# Produced by `python experiments/compare.py")
+        assert f.readline().startswith("# Produced by `python -m glimpse.compare")
         runs = list(csv.DictReader(f))
     assert len(runs) == FINISHED + 1 and sum(r["status"] == "failed" for r in runs) == 1
     assert {r["status"] for r in runs} == {"ok", "failed"}
@@ -162,8 +166,8 @@ def test_table_cells_failed_runs_csv_and_plots(sweep, tmp_path):
 
 def test_command_line_writes_the_same_table(sweep, tmp_path):
     out = tmp_path / "cli"
-    done = subprocess.run([sys.executable, str(SCRIPT), str(sweep), "--out", str(out)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-m", "glimpse.compare", str(sweep), "--out", str(out)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     text = (out / "table.md").read_text()
     assert_cells(table_rows(text))
@@ -171,22 +175,32 @@ def test_command_line_writes_the_same_table(sweep, tmp_path):
     for name in PNGS:
         assert_png(out / name)
 
-    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True,
-                         text=True, timeout=300, check=False)
+    bad = subprocess.run([sys.executable, "-m", "glimpse.compare", str(tmp_path / "nowhere"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nowhere" in bad.stderr
 
 
-def test_curves_come_from_the_tensorboard_events(sweep):
-    assert compare.read_curve(sweep / "1") == [(10, 51.0), (20, 11.0)]  # ram, mnist, seed 1
-    assert compare.read_curve(sweep / "1", "no/such_tag") == []
+def test_curves_and_minutes_come_from_history_jsonl(sweep):
+    run = compare.load_run(sweep / "1")  # ram, mnist, seed 1
+    curve, minutes = compare.curve_and_minutes(run)
+    assert curve == [(10, 51.0), (20, 11.0)]  # (step, val/error) at each epoch's end
+    assert minutes == pytest.approx([40 / 60, 1.0])  # train_seconds: evaluation excluded
 
 
-def test_training_minutes_add_up_each_epochs_images_over_its_rate(sweep):
-    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
-    rates = [rate for _, rate in compare.read_curve(sweep / "1", "train/images_per_second")]
-    assert compare.training_minutes(rates, metrics, 2) == pytest.approx([40 / 60, 1.0])
-    assert compare.training_minutes(rates, metrics, 3) == []  # the events do not match the curve: no x to plot
-    assert compare.training_minutes(rates, {}, 2) == []
+def test_history_counts_each_epoch_once_and_only_a_whole_run(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record = lambda epoch, error: json.dumps({"epoch": epoch, "step": 10 * epoch, "val/error": error})  # noqa: E731
+    # resumed after epoch 2's record was written: epoch 2 again; then killed while writing epoch 4's
+    (folder / "history.jsonl").write_text("\n".join([record(1, 50.0), record(2, 12.0), record(2, 11.0), record(3, 9.0),
+                                                     '{"epoch": 4, "st']))
+    assert [(r["epoch"], r["val/error"]) for r in compare.read_history(folder)] == [(1, 50.0), (2, 11.0), (3, 9.0)]
+    (folder / "history.jsonl").write_text(record(2, 11.0) + "\n")  # epoch 1 missing: not the whole run
+    assert compare.read_history(folder) == []
+    assert compare.read_history(tmp_path / "nowhere") == []
+    no_seconds = compare.Run(folder, "ram", "mnist", 0, [], {}, None)
+    (folder / "history.jsonl").write_text(record(1, 50.0) + "\n")
+    assert compare.curve_and_minutes(no_seconds) == ([(10, 50.0)], [])  # a curve, but no minutes to plot it at
 
 
 def test_best_validation_by_training_minute(sweep, capsys):
@@ -201,34 +215,65 @@ def test_best_validation_by_training_minute(sweep, capsys):
     assert capsys.readouterr().out.split()[-2:] == ["0.5:-", f"2:{min(error for _, error in curve):.2f}"]
 
 
-def test_a_run_kept_without_its_events_has_its_curve_from_train_log(tmp_path):
+def test_a_run_from_before_history_jsonl_gets_one_from_its_train_log(tmp_path):
     # as in experiments/results/runs/: config, metrics.json and train.log only; the run was resumed in epoch 2
-    line = "[2026-01-01 10:0{0}:00,000][glimpse.train][INFO] - epoch {0}/2: train ce 0.5, val error {1:.2f}% (greedy 60.00%), {2:.0f} images/s"
-    log = "\n".join([line.format(1, 50.0, 750), "[..][glimpse.train][INFO] - resuming from epoch 2", line.format(2, 12.0, 1400),
-                     line.format(2, 11.0, 1500), ""])
-    run = make_run(tmp_path / "kept", "ram", "mnist", 0, 1.0, curve=False, log=log)
-    metrics = json.loads((run / "metrics.json").read_text())  # 60,000 images in 2 epochs
-    scalars = compare.read_log_scalars(run, metrics, 128)
-    steps = -(-30_000 // 128)
-    assert scalars == {"val/error": [(steps, 50.0), (2 * steps, 11.0)], "train/images_per_second": [(steps, 750.0), (2 * steps, 1500.0)]}
-    assert compare.training_minutes([rate for _, rate in scalars["train/images_per_second"]], metrics, 2) == pytest.approx([40 / 60, 1.0])
-    assert compare.read_log_scalars(run, {}, 128)["val/error"] == []  # no metrics: no step to place a point at
+    line = ("[2026-01-01 10:0{0}:00,000][glimpse.train][INFO] - epoch {0}/2: train ce 0.5, val error {1:.2f}% "
+            "(greedy 60.00%), {2:.0f} images/s")
+    log = "\n".join([line.format(1, 50.0, 750), "[..][glimpse.train][INFO] - resuming from epoch 2",
+                     line.format(2, 12.0, 1400), line.format(2, 11.0, 1500), ""])
+    run = make_run(tmp_path / "kept", "ram", "mnist", 0, 1.0, history=False, log=log)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"].update(source="mnist", val_fraction=0.1, train_limit=30_000)
+    config["trainer"]["batch_size"] = 128
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    history_from_log = load_script("history_from_log")
+
+    assert history_from_log.main([str(run)]) == 0
+    records = compare.read_history(run)
+    assert [r["source"] for r in records] == ["train.log", "train.log"]
+    assert [r["time"] for r in records] == ["2026-01-01T10:01:00+00:00", "2026-01-01T10:02:00+00:00"]
+    assert [r["images_seen"] for r in records] == [30_000, 60_000]
+    assert "train/lr" not in records[0]  # the log does not say
+    steps = -(-30_000 // 128)  # as glimpse.train counts them
+    curve, minutes = compare.curve_and_minutes(compare.load_run(run))
+    assert curve == [(steps, 50.0), (2 * steps, 11.0)]  # a resumed epoch: its last line counts
+    assert minutes == pytest.approx([40 / 60, 1.0])  # 30,000 images at 750, then at 1,500 images/s
+    assert "already" in history_from_log.convert(run)  # converted once; --force to convert again
+
+    (run / "history.jsonl").unlink()
     (run / "train.log").write_text(line.format(2, 11.0, 1500))  # epoch 1 missing: not the whole run
-    assert compare.read_log_scalars(run, metrics, 128)["val/error"] == []
+    assert history_from_log.main([str(run)]) == 1 and not (run / "history.jsonl").exists()
 
 
-@pytest.mark.parametrize("made", sorted((ROOT / "experiments" / "results").glob("*/table.md")), ids=lambda p: p.parent.name)
+def test_every_committed_run_folder_has_its_whole_history():
+    folders = sorted(path.parent for path in RUNS.glob("*/metrics.json"))
+    assert folders
+    for folder in folders:
+        epochs = json.loads((folder / "metrics.json").read_text())["epochs"]
+        records = compare.read_history(folder)
+        assert [r["epoch"] for r in records] == list(range(1, epochs + 1)), folder
+        assert all(r["source"] == "train.log" for r in records), folder
+        if (folder / ".hydra").is_dir():  # a run glimpse.compare finds: curves against steps and minutes
+            curve, minutes = compare.curve_and_minutes(compare.load_run(folder))
+            assert len(curve) == len(minutes) == epochs, folder
+
+
+@pytest.mark.parametrize("made", sorted((ROOT / "experiments" / "results").glob("*/table.md")),
+                         ids=lambda p: p.parent.name)
 def test_the_committed_comparisons_are_remade_from_the_committed_runs(made, tmp_path, monkeypatch):
     # Each table.md under experiments/results/ names the command that made it, over run folders kept in the
     # repository (experiments/results/runs/): run again, it gives the same table, its provenance line aside.
-    command = re.search(r"Produced by `python experiments/compare.py (.*?)` on ", made.read_text())
+    command = re.search(r"Produced by `python -m glimpse.compare (.*?)` on ", made.read_text())
     if command is None:
-        pytest.skip("not a compare.py table")
+        pytest.skip("not a glimpse.compare table")
     args = shlex.split(command[1])
     args[args.index("--out") + 1] = str(tmp_path)
     monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(compare, "plot_all", lambda out, finished, note: list(compare.FIGURES))  # the table only
     assert compare.main(args) == 0
-    body = lambda path: [line for line in path.read_text().splitlines() if not line.startswith("Produced by")]  # noqa: E731
+    def body(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if not line.startswith("Produced by")]
+
     assert body(tmp_path / "table.md") == body(made)
 
 
@@ -237,9 +282,10 @@ def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tm
     for seed, (g4, g8) in enumerate([(3.0, 2.0), (3.5, 2.5)]):
         make_run(root / f"g4_{seed}", "ram", "mnist", seed, g4, glimpses=4)
         make_run(root / f"g8_{seed}", "ram", "mnist", seed, g8, glimpses=8)
-    again = make_run(root / "g8_0_again", "ram", "mnist", 0, 2.1, glimpses=8)  # same setting and seed as g8_0
-    os.utime(again / "metrics.json", (time.time() + 60, time.time() + 60))  # ... and newer
-    unfinished = make_run(root / "unfinished", "ram", "mnist", 5, None, glimpses=8, log="[..][glimpse.train][INFO] - epoch 3/90\n")
+    # same setting and seed as g8_0, and finished later
+    make_run(root / "g8_0_again", "ram", "mnist", 0, 2.1, glimpses=8, finished="2026-01-02T10:00:00+00:00")
+    unfinished = make_run(root / "unfinished", "ram", "mnist", 5, None, glimpses=8,
+                          log="[..][glimpse.train][INFO] - epoch 3/90\n")
     (unfinished / "checkpoints").mkdir()
     (unfinished / "checkpoints" / "last.pt").write_bytes(b"")
     out = tmp_path / "cmp"
@@ -254,15 +300,24 @@ def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tm
 
 
 def test_of_two_runs_of_one_setting_and_seed_the_later_finished_counts_even_in_a_copy(tmp_path):
-    # copied or cloned folders carry the copy's file times; the log's timestamps say which run finished last
-    log = "[2026-01-0{} 10:00:00,000][glimpse.train][INFO] - epoch 2/2: ...\n"
-    later = make_run(tmp_path / "runs" / "a", "ram", "mnist", 0, 2.0, log=log.format(2))
-    earlier = make_run(tmp_path / "runs" / "b", "ram", "mnist", 0, 3.0, log=log.format(1))
+    # copied or cloned folders carry the copy's file times; history.jsonl's last time says which run finished last
+    later = make_run(tmp_path / "runs" / "a", "ram", "mnist", 0, 2.0, finished="2026-01-02T10:00:00Z")
+    earlier = make_run(tmp_path / "runs" / "b", "ram", "mnist", 0, 3.0, finished="2026-01-02T09:00:00+00:00")
     os.utime(earlier / "metrics.json", (time.time() + 60, time.time() + 60))  # copied last
     runs = [compare.load_run(f) for f in (later, earlier)]
     compare.assign_settings(runs)
     assert [r.folder for r in compare.drop_duplicates(runs)] == [later]
     assert runs[1].duplicate_of == later
+
+
+def test_without_history_jsonl_the_later_metrics_json_counts(tmp_path):
+    first = make_run(tmp_path / "runs" / "a", "ram", "mnist", 0, 2.0, history=False)
+    second = make_run(tmp_path / "runs" / "b", "ram", "mnist", 0, 3.0, history=False)
+    os.utime(first / "metrics.json", (time.time() + 60, time.time() + 60))
+    runs = [compare.load_run(f) for f in (first, second)]
+    compare.assign_settings(runs)
+    assert [r.folder for r in compare.drop_duplicates(runs)] == [first]
+    assert compare.curve_and_minutes(runs[0]) == ([], [])  # no history: no curve to plot
 
 
 def test_a_glimpse_sweep_is_one_line_and_a_longer_budget_another(tmp_path):

@@ -103,7 +103,7 @@ def test_sweep_preset_runs_and_compare_reads_it(tmp_path):
     runs = job_folders(tmp_path / "sweep")
     assert [r.name for r in runs] == ["0_ram_mnist_seed0", "1_dram_cluttered_mnist60_seed0"]
     assert [json.loads((r / "metrics.json").read_text())["data"] for r in runs] == ["mnist", "cluttered_mnist60"]
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare.py"), str(tmp_path / "sweep"), "--out",
+    done = subprocess.run([sys.executable, "-m", "glimpse.compare", str(tmp_path / "sweep"), "--out",
                            str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "cmp" / "table.md").read_text()

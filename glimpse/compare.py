@@ -1,19 +1,20 @@
 """Compare glimpse runs and sweeps: one Markdown table of test errors over seeds, a CSV, and plots.
 
-    python experiments/compare.py <sweep or run folders...> --out DIR [--paper] [--expect-data NAME[=NOTE]]...
+    python -m glimpse.compare <sweep or run folders...> --out DIR [--paper] [--expect-data NAME[=NOTE]]...
 
-    python experiments/compare.py multirun/2026-01-02/10-00-00_paper_table --paper --out results/paper_table
-    python experiments/compare.py multirun/a multirun/b --out cmp --expect-data "cifar10=no data on this machine"
+    python -m glimpse.compare multirun/2026-01-02/10-00-00_paper_table --paper --out results/paper_table
+    python -m glimpse.compare multirun/a multirun/b --out cmp --expect-data "cifar10=no data on this machine"
 
-Every folder holding a `.hydra/` folder, found recursively under the folders given, is a run (Hydra's
-single-run and multirun folders alike). A run is finished when it has a readable `metrics.json`
-(DESIGN.md); the others are listed under "Failed or unfinished runs" with the error line of their log
-when there is one, and are never averaged. Finished runs are grouped by data set (rows) and model
-(columns). Where runs of one model on one data set differ in more than the seed (their
-`.hydra/config.yaml`, e.g. a sweep over model.glimpses), each setting gets its own column, named by
-the keys that differ; keys that do not change a result (data.root, device, progress bars, ...) and keys
-missing from some of the runs are not compared. Two finished runs of the same setting and seed count
-once: the one that finished later (its train.log's last timestamp) is used, the other is listed as a duplicate.
+(`glimpse-compare` is the same command.) Every folder holding a `.hydra/` folder, found recursively under
+the folders given, is a run (Hydra's single-run and multirun folders alike). A run is finished when it has
+a readable `metrics.json` (docs/design.md, "Run folder"); the others are listed under "Failed or unfinished
+runs" with the error line of their log when there is one, and are never averaged. Finished runs are grouped
+by data set (rows) and model (columns). Where runs of one model on one data set differ in more than the seed (their
+`.hydra/config.yaml`, e.g. a sweep over model.glimpses), each setting gets its own column, named by the keys
+that differ; keys that do not change a result (glimpse.config.RESULT_NEUTRAL_KEYS: data.root, progress
+bars, ...), the device, and keys missing from some of the runs are not compared. Two finished runs of the
+same setting and seed count once: the one that finished later (the time of the last record of its
+history.jsonl) is used, the other is listed as a duplicate.
 
 Writes into DIR:
     table.md                test error (sampled policy) mean ± sample std over seeds, greedy-policy
@@ -22,12 +23,12 @@ Writes into DIR:
     error_vs_glimpses.png   test error against the number of glimpses (whole-image models: dashed lines)
     error_vs_macs.png       test error against multiply-accumulates per image (log x)
     error_vs_pixels.png     test error against image pixels read per image (log x)
-    curves.png              validation error against training step, from each run's TensorBoard events
-                            (or, for a run kept without them, its train.log's epoch lines)
+    curves.png              validation error against training step, from each run's history.jsonl
     curves_minutes.png      the same against training minutes (evaluation excluded): learning per unit of compute
 
 Each file states the command that produced it and the machine. `--paper` adds the published figures
-(RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and dram columns.
+(RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and dram columns. The plots need
+matplotlib (`pip install -e ".[compare]"`).
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import itertools
 import json
-import math
 import os
 import platform
 import re
@@ -48,33 +47,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
 import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from glimpse.config import RESULT_NEUTRAL_KEYS, flatten
 
 # Published test errors (%) on the same tasks. RAM: Mnih, Heess, Graves, Kavukcuoglu, "Recurrent Models of
 # Visual Attention", NIPS 2014 (cluttered 100x100 from arXiv:1406.6247v1). DRAW (differentiable attention):
 # Gregor et al., "DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, cluttered 100x100.
 PAPER = {
-    "ram": ("RAM (paper)", {"mnist": 1.12, "translated_mnist": 1.20, "cluttered_mnist60": 4.04, "cluttered_mnist100": 10.83}),
+    "ram": ("RAM (paper)",
+            {"mnist": 1.12, "translated_mnist": 1.20, "cluttered_mnist60": 4.04, "cluttered_mnist100": 10.83}),
     "dram": ("DRAW (paper)", {"cluttered_mnist100": 3.36}),
 }
-DATA_ORDER = ["mnist", "translated_mnist", "cluttered_mnist60", "cluttered_mnist100", "fashion_mnist", "cifar10"]
+DATA_ORDER = ["mnist", "translated_mnist", "cluttered_mnist60", "cluttered_mnist100", "fashion_mnist",
+              "cluttered_fashion_mnist60", "cifar10"]
 MODEL_ORDER = ["ram", "dram", "soft", "fc", "cnn"]
 MARKERS = "osD^v<>ph*"
 LINESTYLES = ("-", "--", ":", "-.")
 COLORS = {"ram": "tab:red", "dram": "tab:orange", "soft": "tab:blue", "fc": "tab:gray", "cnn": "tab:green"}
-# Config keys that do not change a run's result: never used to tell settings apart.
-IGNORED_KEYS = {"seed", "device", "data.root", "data.download", "trainer.progress", "trainer.resume",
-                "trainer.checkpoint_every_minutes", "trainer.visual_every", "trainer.visual_images",
-                "trainer.eval_batch_size", "trainer.on_nonfinite"}
+# Never used to tell settings apart. Besides the result-neutral keys: seed is the replicate axis a cell averages
+# over, and device (mostly `auto`) says where a run trained, which the table does not split by.
+IGNORED_KEYS = RESULT_NEUTRAL_KEYS | {"seed", "device"}
 # A log line that says why a run stopped: a logged error, or the last line of a Python traceback.
-ERROR_LINE = re.compile(r"\[(ERROR|CRITICAL)\]|^([\w.]+(Error|Exception|Interrupt|Exit))\b|\bKilled\b|CANCELLED|OUT_OF_MEMORY")
-FIGURES = {"error_vs_glimpses.png": "test error against glimpses", "error_vs_macs.png": "test error against MACs per image",
-           "error_vs_pixels.png": "test error against pixels read per image", "curves.png": "validation error during training",
+ERROR_LINE = re.compile(
+    r"\[(ERROR|CRITICAL)\]|^([\w.]+(Error|Exception|Interrupt|Exit))\b|\bKilled\b|CANCELLED|OUT_OF_MEMORY")
+HISTORY = "history.jsonl"  # glimpse.train's per-epoch record of a run
+FIGURES = {"error_vs_glimpses.png": "test error against glimpses",
+           "error_vs_macs.png": "test error against MACs per image",
+           "error_vs_pixels.png": "test error against pixels read per image",
+           "curves.png": "validation error during training",
            "curves_minutes.png": "validation error against training minutes"}
 
 
@@ -90,7 +91,7 @@ class Run:
     config: dict[str, Any]  # .hydra/config.yaml, flattened to dotted keys
     metrics: dict[str, Any] | None  # None: failed or unfinished
     reason: str = ""  # why there is no metrics.json
-    varying: tuple[str, ...] = ()  # the config keys that tell this run apart from other runs of its model and data set
+    varying: tuple[str, ...] = ()  # the config keys that tell this run apart from other runs of its model and data
     duplicate_of: Path | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (training step, validation error) per epoch
     minutes: list[float] = field(default_factory=list)  # training minutes at each point of `curve`, when known
@@ -144,11 +145,14 @@ class Cell:
 # ---------------------------------------------------------------------------------------------- arguments
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Outputs: table.md, runs.csv, error_vs_glimpses.png, error_vs_macs.png, error_vs_pixels.png, curves.png, curves_minutes.png")
-    p.add_argument("folders", nargs="+", type=Path, help="sweep folders (multirun/...) or run folders, searched recursively")
+    p = argparse.ArgumentParser(prog="python -m glimpse.compare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"Outputs: table.md, runs.csv, {', '.join(FIGURES)}")
+    p.add_argument("folders", nargs="+", type=Path,
+                   help="sweep folders (multirun/...) or run folders, searched recursively")
     p.add_argument("--out", type=Path, required=True, help="folder for table.md, runs.csv and the plots")
-    p.add_argument("--paper", action="store_true", help="add the published RAM (and DRAW) test errors beside ram (and dram)")
+    p.add_argument("--paper", action="store_true",
+                   help="add the published RAM (and DRAW) test errors beside ram (and dram)")
     p.add_argument("--expect-data", action="append", default=[], metavar="NAME[=NOTE]",
                    help="a data set row to show even without runs ('not run'), with an optional note; repeatable")
     return p.parse_args(argv)
@@ -167,15 +171,6 @@ def find_run_folders(folders: list[Path]) -> list[Path]:
             else:
                 dirnames[:] = [d for d in dirnames if d not in (".submitit", "checkpoints")]
     return sorted(found)
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for k, v in node.items():
-        flat.update(flatten(v, f"{prefix}{k}."))
-    return {k.rstrip("."): v for k, v in flat.items()}
 
 
 def read_yaml(path: Path) -> Any:
@@ -205,6 +200,7 @@ def failure_reason(folder: Path) -> str:
 
 
 def load_run(folder: Path) -> Run:
+    """A run folder's config, overrides and metrics.json (or, without one, why it has none)."""
     overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
     config = flatten(read_yaml(folder / ".hydra" / "config.yaml") or {})
     metrics: dict[str, Any] | None = None
@@ -222,59 +218,50 @@ def load_run(folder: Path) -> Run:
                overrides=[str(o) for o in overrides], config=config, metrics=metrics, reason=reason)
 
 
-def read_scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) of each scalar in `tags` from the TensorBoard event files in a run folder, in one pass
-    over them (seconds for a long run with pictures); [] for a tag that is absent."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars: dict[str, list[tuple[int, float]]] = {tag: [] for tag in tags}
+def history_records(folder: Path) -> list[dict[str, Any]]:
+    """Every readable record of a run folder's history.jsonl, as written; [] without one. A line cut short
+    (the run killed while writing it) is skipped."""
     try:
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 1, "tensors": 1, "histograms": 1})
-        events.Reload()
-        for tag in set(tags) & set(events.Tags().get("scalars", [])):
-            scalars[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
-    except Exception:  # noqa: BLE001 - a truncated or foreign event file: no curve for this run, the table still stands
-        pass
-    return scalars
-
-
-def images_per_epoch(metrics: dict[str, Any]) -> float | None:
-    """Images one training epoch sees: metrics.json's images seen (train_seconds x train_images_per_second)
-    over its epochs, as every epoch trains the same images; None when metrics.json cannot say."""
-    epochs, seconds, per_second = (metrics.get(k) for k in ("epochs", "train_seconds", "train_images_per_second"))
-    return seconds * per_second / epochs if epochs and seconds and per_second else None
-
-
-# glimpse.train's line at each epoch's end: "epoch 3/90: train ce 0.4266, val error 7.83% (greedy 13.62%), 6028 images/s"
-EPOCH_LINE = re.compile(r"- epoch (\d+)/\d+: .*val error ([0-9.]+)%.*, ([0-9.]+) images/s\s*$")
-
-
-def read_log_scalars(folder: Path, metrics: dict[str, Any], batch_size: Any) -> dict[str, list[tuple[int, float]]]:
-    """val/error and train/images_per_second at each epoch's end from train.log, for a run folder kept without
-    its event files (experiments/results/runs/): the values as the log rounds them (0.01 points, 1 image/s),
-    at the events' steps, (epoch + 1) x steps per epoch, with an epoch's images from metrics.json. A resumed
-    run's log may repeat epochs: the last line of each counts. Empty lists when the log or figures are missing."""
-    empty: dict[str, list[tuple[int, float]]] = {"val/error": [], "train/images_per_second": []}
-    images = images_per_epoch(metrics)
-    try:
-        lines = (folder / "train.log").read_text().splitlines()
-        steps_per_epoch = math.ceil(round(images) / int(batch_size))  # as glimpse.train counts them
-    except (OSError, TypeError, ValueError, ZeroDivisionError):
-        return empty
-    last: dict[int, tuple[float, float]] = {}
+        lines = (folder / HISTORY).read_text().splitlines()
+    except OSError:
+        return []
+    records = []
     for line in lines:
-        if match := EPOCH_LINE.search(line):
-            last[int(match[1])] = (float(match[2]), float(match[3]))
-    epochs_logged = sorted(last)
-    if epochs_logged != list(range(1, len(epochs_logged) + 1)):  # a gap: the log is not the whole run
-        return empty
-    return {"val/error": [(e * steps_per_epoch, last[e][0]) for e in epochs_logged],
-            "train/images_per_second": [(e * steps_per_epoch, last[e][1]) for e in epochs_logged]}
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+    return records
 
 
-def read_curve(folder: Path, tag: str = "val/error") -> list[tuple[int, float]]:
-    """(step, value) of one scalar from the TensorBoard event files in a run folder; [] when absent."""
-    return read_scalars(folder, (tag,))[tag]
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """One record per finished epoch, epochs 1, 2, ..., N, from a run folder's history.jsonl; [] when it is
+    missing or lacks an epoch (not the whole run). An epoch recorded twice (a resumed run) counts by its
+    last record."""
+    last = {r["epoch"]: r for r in history_records(folder)}
+    epochs = sorted(last)
+    return [last[e] for e in epochs] if epochs == list(range(1, len(epochs) + 1)) else []
+
+
+def curve_and_minutes(run: Run) -> tuple[list[tuple[int, float]], list[float]]:
+    """The run's validation curve, (step, val/error) at each epoch's end from history.jsonl, and the training
+    minutes (evaluation excluded) at each of its points; minutes [] when a record does not say."""
+    points = [r for r in read_history(run.folder) if "step" in r and "val/error" in r]
+    curve = [(int(r["step"]), float(r["val/error"])) for r in points]
+    if not all(isinstance(r.get("train_seconds"), (int, float)) for r in points):
+        return curve, []
+    return curve, [r["train_seconds"] / 60 for r in points]
+
+
+def parse_time(text: Any) -> datetime.datetime | None:
+    """An ISO-8601 timestamp as an aware datetime (no offset: UTC); None when `text` is not one."""
+    try:
+        stamp = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)
 
 
 # -------------------------------------------------------------------------------------------- aggregating
@@ -291,21 +278,18 @@ def assign_settings(runs: list[Run]) -> None:
             run.varying = varying
 
 
-LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
-
-
-def finished_at(run: Run) -> tuple[str, float]:
-    """When a run finished, for ordering: its train.log's last timestamp (a copied or cloned folder keeps it,
-    where file times are the copy's), then metrics.json's modification time."""
-    try:
-        stamps = [m[1] for line in (run.folder / "train.log").read_text().splitlines() if (m := LOG_TIME.match(line))]
-    except OSError:
-        stamps = []
-    return (stamps[-1] if stamps else "", (run.folder / "metrics.json").stat().st_mtime)
+def finished_at(run: Run) -> datetime.datetime:
+    """When a run finished, for ordering: the time of its history.jsonl's last record (a copied or cloned folder
+    keeps it, where file times are the copy's), else metrics.json's modification time."""
+    records = history_records(run.folder)
+    stamp = parse_time(records[-1].get("time")) if records else None
+    if stamp is None:
+        stamp = datetime.datetime.fromtimestamp((run.folder / "metrics.json").stat().st_mtime, datetime.timezone.utc)
+    return stamp
 
 
 def drop_duplicates(runs: list[Run]) -> list[Run]:
-    """Keep the newest finished run of each (data set, setting, seed) (`finished_at`); mark the others as duplicates."""
+    """Keep the newest finished run of each (data set, setting, seed) (`finished_at`); mark the others duplicates."""
     newest: dict[tuple[str, str, Any], Run] = {}
     for run in sorted(runs, key=finished_at):
         key = (run.data, run.column, run.seed)
@@ -336,7 +320,7 @@ def ordered_columns(runs: list[Run]) -> list[str]:
 
 def provenance(argv: list[str], runs: list[Run]) -> str:
     """The command, where it ran, and what the runs were trained with (metrics.json's torch, machine, device)."""
-    command = " ".join(shlex.quote(a) for a in ["python", "experiments/compare.py", *argv])
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "glimpse.compare", *argv])
     here = f"{platform.processor() or platform.machine()}, {platform.system()}, Python {platform.python_version()}"
     trained = sorted({f"torch {m.get('torch', '?')} on {m.get('machine', '?')} ({m.get('device', '?')})"
                       for m in (r.metrics for r in runs) if m and ("torch" in m or "machine" in m)})
@@ -386,9 +370,9 @@ def details_table(cells: dict[tuple[str, str], Cell], data_rows: list[str], colu
             seconds = cell.mean("train_seconds")
             rows.append([d, c, str(len(cell.runs)), ", ".join(str(r.seed) for r in cell.runs), cell.text("test_error"),
                          cell.text("test_error_greedy"), cell.text("val_error_best"), fmt(cell.mean("epochs"), ".0f"),
-                         fmt(None if seconds is None else seconds / 60, ".1f"), fmt(cell.mean("train_images_per_second"), ",.0f"),
-                         fmt(cell.mean("params"), ",.0f"), fmt(cell.mean("macs_per_image"), ".3g"),
-                         fmt(cell.mean("pixels_per_image"), ".1f")])
+                         fmt(None if seconds is None else seconds / 60, ".1f"),
+                         fmt(cell.mean("train_images_per_second"), ",.0f"), fmt(cell.mean("params"), ",.0f"),
+                         fmt(cell.mean("macs_per_image"), ".3g"), fmt(cell.mean("pixels_per_image"), ".1f")])
     header = ["data set", "model", "runs", "seeds", "test error", "greedy", "best val error", "epochs", "train min",
               "train img/s", "params", "MACs/image", "pixels/image"]
     return markdown_table(header, rows)
@@ -414,8 +398,8 @@ def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[R
         lines += ["", "Notes:", "", *notes]
     lines += ["", "## Per cell", "", *details_table(cells, data_rows, columns)]
     lines += ["", "## Failed or unfinished runs", "", "No metrics.json: never averaged.", ""]
-    lines += [f"- `{r.folder}`: {r.model} on {r.data}, seed {r.seed} ({' '.join(r.overrides) or 'no overrides'}): {r.reason}"
-              for r in failed] or ["None."]
+    lines += [f"- `{r.folder}`: {r.model} on {r.data}, seed {r.seed} "
+              f"({' '.join(r.overrides) or 'no overrides'}): {r.reason}" for r in failed] or ["None."]
     if duplicates:
         lines += ["", "## Duplicates", "", "Same setting and seed as a newer run, which is the one used:", ""]
         lines += [f"- `{r.folder}` (newer: `{r.duplicate_of}`)" for r in duplicates]
@@ -442,26 +426,32 @@ def write_csv(path: Path, argv: list[str], runs: list[Run]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- plotting
+# matplotlib is optional (the `compare` extra) and imported here only. Figures are made without pyplot, so
+# importing this module changes no global matplotlib state (backend, open figures).
 
 def color(model: str) -> str:
     return COLORS.get(model, "tab:purple")
 
 
 def subplots(data_rows: list[str], note: str):
-    fig, axes = plt.subplots(1, len(data_rows), figsize=(4.2 * len(data_rows), 3.8), squeeze=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(data_rows), 3.8))
+    axes = fig.subplots(1, len(data_rows), squeeze=False)
     fig.text(0.005, 0.005, note, fontsize=5, va="bottom", wrap=True)
     return fig, axes[0]
 
 
 def save(fig, path: Path, note: str) -> None:
     fig.tight_layout(rect=(0, 0.09, 1, 1))  # room for a provenance note of up to 3 lines
-    fig.savefig(path, dpi=110, metadata={"Description": note, "Software": "experiments/compare.py"})
-    plt.close(fig)
+    fig.savefig(path, dpi=110, metadata={"Description": note, "Software": "glimpse.compare"})
 
 
 def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str, str], Cell], data_rows: list[str],
                        note: str, log_x: bool) -> None:
     """One point per (data set, column): mean test error ± std over seeds against the mean of `key`."""
+    import matplotlib.ticker
+
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
         if log_x:
@@ -475,8 +465,9 @@ def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str,
             xs.add(x)
             values = cell.values("test_error")
             ax.errorbar([x], [y], yerr=[statistics.stdev(values) if len(values) > 1 else 0.0], capsize=3,
-                        marker=MARKERS[i % len(MARKERS)], linestyle="none", color=color(cell.runs[0].model), label=column)
-        if log_x and len(xs) == 1 and (x := xs.pop()) > 0:  # one x on a log axis: matplotlib's limits would be singular
+                        marker=MARKERS[i % len(MARKERS)], linestyle="none", color=color(cell.runs[0].model),
+                        label=column)
+        if log_x and len(xs) == 1 and (x := xs.pop()) > 0:  # one x on a log axis: matplotlib's limits are singular
             ax.set_xlim(x / 2, x * 2)
         ax.set(title=d, xlabel=xlabel, ylabel="test error (%)")
         ax.grid(alpha=0.3)
@@ -484,11 +475,15 @@ def plot_error_against(path: Path, key: str, xlabel: str, cells: dict[tuple[str,
     save(fig, path, note)
 
 
-def glimpse_lines(cells: dict[tuple[str, str], Cell], data: str) -> tuple[dict[str, tuple[str, list[tuple[float, float, float]]]], list[tuple[str, float]]]:
+GlimpseLine = tuple[str, list[tuple[float, float, float]]]  # (model, [(glimpses, mean, std)])
+
+
+def glimpse_lines(cells: dict[tuple[str, str], Cell], data: str) -> tuple[dict[str, GlimpseLine],
+                                                                         list[tuple[str, float]]]:
     """The lines of error_vs_glimpses for one data set: {label: (model, [(glimpses, mean, std)])}, and the
     whole-image models' (model, mean). A line joins the columns that differ only in model.glimpses (a sweep);
     columns that differ in anything else (e.g. trainer.epochs) are lines of their own."""
-    lines: dict[str, tuple[str, list[tuple[float, float, float]]]] = {}
+    lines: dict[str, GlimpseLine] = {}
     flat: list[tuple[str, float]] = []
     for (d, _), cell in sorted(cells.items()):
         if d != data:
@@ -506,8 +501,10 @@ def glimpse_lines(cells: dict[tuple[str, str], Cell], data: str) -> tuple[dict[s
     return lines, flat
 
 
-def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], data_rows: list[str], note: str) -> None:
-    """Glimpse models: test error against glimpses, one line per setting (glimpse sweeps joined); whole-image models: dashed lines."""
+def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], data_rows: list[str],
+                                note: str) -> None:
+    """Glimpse models: test error against glimpses, one line per setting (glimpse sweeps joined); whole-image
+    models: dashed lines."""
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
         lines, flat = glimpse_lines(cells, d)
@@ -522,36 +519,17 @@ def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], 
     save(fig, path, note)
 
 
-def training_minutes(rates: list[float], metrics: dict[str, Any], points: int) -> list[float]:
-    """Training minutes (evaluation excluded) at the end of each of `points` epochs, from each epoch's logged
-    train/images_per_second (`rates`); [] when they cannot say.
-
-    An epoch took `images_per_epoch` / its rate.
-    """
-    images = images_per_epoch(metrics)
-    if len(rates) != points or images is None or min(rates, default=0) <= 0:
-        return []
-    return list(itertools.accumulate(images / rate / 60 for rate in rates))
-
-
-def curve_and_minutes(run: Run) -> tuple[list[tuple[int, float]], list[float]]:
-    """The run's validation curve (from TensorBoard, else train.log) and the training minutes at each of its points."""
-    scalars = read_scalars(run.folder, ("val/error", "train/images_per_second"))
-    if not scalars["val/error"]:
-        scalars = read_log_scalars(run.folder, run.metrics, run.config.get("trainer.batch_size"))
-    curve = scalars["val/error"]
-    return curve, training_minutes([rate for _, rate in scalars["train/images_per_second"]], run.metrics, len(curve))
-
-
 def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, minutes: bool = False) -> None:
     """Validation error against training step (or training minutes), one line per run, coloured by model.
 
     The error axis is logarithmic: runs fall from tens of percent to a few, and what separates them at the
     end (a point or less) would otherwise be a few pixels."""
+    import matplotlib.ticker
+
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # 1, 2, 3, 5, 10, 20, 30, 50
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # 1, 2, 3, 5, 10, ...
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         columns: dict[str, list[str]] = {}  # model -> its columns: one colour per model, one line style per column
@@ -565,8 +543,10 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
             if first:
                 own.append(run.column)
             ax.plot(x, values, color=color(run.model), alpha=0.7, linewidth=1, marker=".",
-                    linestyle=LINESTYLES[own.index(run.column) % len(LINESTYLES)], label=run.column if first else None)
-        ax.set(title=d, xlabel="training minutes (evaluation excluded)" if minutes else "training step", ylabel="validation error (%, log)")
+                    linestyle=LINESTYLES[own.index(run.column) % len(LINESTYLES)],
+                    label=run.column if first else None)
+        ax.set(title=d, xlabel="training minutes (evaluation excluded)" if minutes else "training step",
+               ylabel="validation error (%, log)")
         ax.grid(alpha=0.3, which="both")
         if columns:
             ax.legend(fontsize=7)
@@ -574,12 +554,14 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
 
 
 def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
+    """Every figure of FIGURES into `out`; returns their names."""
     cells = aggregate(finished)
     data_rows = ordered({r.data for r in finished}, DATA_ORDER)
     plot_error_against_glimpses(out / "error_vs_glimpses.png", cells, data_rows, note)
-    plot_error_against(out / "error_vs_macs.png", "macs_per_image", "MACs per image (log)", cells, data_rows, note, log_x=True)
-    plot_error_against(out / "error_vs_pixels.png", "pixels_per_image", "pixels read per image (log)", cells, data_rows,
-                       note, log_x=True)
+    plot_error_against(out / "error_vs_macs.png", "macs_per_image", "MACs per image (log)", cells, data_rows, note,
+                       log_x=True)
+    plot_error_against(out / "error_vs_pixels.png", "pixels_per_image", "pixels read per image (log)", cells,
+                       data_rows, note, log_x=True)
     for run in finished:
         run.curve, run.minutes = curve_and_minutes(run)
     plot_curves(out / "curves.png", finished, data_rows, note)
@@ -590,15 +572,17 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
+    """Compare the runs under the folders of `argv` (the command line's arguments); 0, or 2 on a usage error."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
-        print(f"compare.py: no such folder: {', '.join(missing)}", file=sys.stderr)
+        print(f"glimpse.compare: no such folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     folders = find_run_folders(args.folders)
     if not folders:
-        print(f"compare.py: no run folders (folders holding .hydra/) under {', '.join(map(str, args.folders))}", file=sys.stderr)
+        print(f"glimpse.compare: no run folders (folders holding .hydra/) under {', '.join(map(str, args.folders))}",
+              file=sys.stderr)
         return 2
     expected = dict(e.split("=", 1) if "=" in e else (e, "") for e in args.expect_data)
 
@@ -613,10 +597,15 @@ def main(argv: list[str] | None = None) -> int:
     figures = plot_all(args.out, kept, provenance(argv, kept)) if kept else []
     write_table(args.out / "table.md", argv, kept, failed, duplicates, expected, args.paper, figures)
     write_csv(args.out / "runs.csv", argv, runs)
-    print(f"compare.py: {len(kept)} finished runs, {len(failed)} failed or unfinished, {len(duplicates)} duplicates "
-          f"-> {args.out / 'table.md'}")
+    print(f"glimpse.compare: {len(kept)} finished runs, {len(failed)} failed or unfinished, {len(duplicates)} "
+          f"duplicates -> {args.out / 'table.md'}")
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `glimpse-compare` command."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

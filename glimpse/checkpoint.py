@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import torch
 
+from glimpse.config import flatten
 from glimpse.errors import UserError
 
 FORMAT = "glimpse-checkpoint-1"
@@ -22,6 +23,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result follows the umask like any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -30,6 +32,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temp_files(folder: str | Path) -> None:
@@ -85,13 +93,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: I
     `absent` maps keys added to the config after `saved` may have been written to the value that
     computes what a config without them did: a saved config lacking one of them holds that value.
     """
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b, skip = {**(absent or {}), **flat(saved)}, flat(current), set(ignore)
+    a, b, skip = {**(absent or {}), **flatten(saved)}, flatten(current), set(ignore)
     return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in sorted(a.keys() | b.keys())
             if k not in skip and a.get(k, "<absent>") != b.get(k, "<absent>")]

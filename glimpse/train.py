@@ -1,4 +1,4 @@
-"""`python -m glimpse.train [overrides]`: train one model, write its run folder (DESIGN.md).
+"""`python -m glimpse.train [overrides]`: train one model, write its run folder (docs/design.md).
 
 The Hydra entry is thin; `train(cfg, run_dir)` does the work and can be called directly.
 The loop, top to bottom: per epoch, fresh training canvases and policy noise from
@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from glimpse import checkpoint
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import CONF_DIR, check_overrides, compose_config, resolve_device, validate
+from glimpse.config import CONF_DIR, RESULT_NEUTRAL_KEYS, check_overrides, compose_config, flatten, resolve_device, validate
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model, load_weights
@@ -172,13 +173,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
     return functools.partial(train_step, model, optimizer, m=cfg.model, precision=cfg.trainer.precision)
 
 
-# Keys that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every_minutes", "trainer.visual_every",
-                     "trainer.visual_images", "trainer.cuda_graph", "data.root", "data.download")
-
-
 # Keys added after run folders were written without them: the value that computes what those runs did.
-ADDED_KEYS = {"trainer.precision": "fp32"}
+ADDED_KEYS = {"trainer.precision": "fp32", "model.fused": True}
 
 
 class NonFiniteError(UserError):
@@ -186,144 +182,229 @@ class NonFiniteError(UserError):
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
-    """Train `cfg`'s model on `cfg`'s data; write checkpoints, TensorBoard scalars and metrics.json to `run_dir`."""
+    """Train `cfg`'s model on `cfg`'s data; write checkpoints, TensorBoard scalars, history.jsonl and metrics.json
+    to `run_dir` (docs/design.md, "Run folder"). Returns the metrics."""
     validate(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
+    t = cfg.trainer
     device = resolve_device(cfg.device)
-    t, m = cfg.trainer, cfg.model
     torch.manual_seed(cfg.seed)
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if not t.resume and (last_path.exists() or (run_dir / "metrics.json").exists()):
-        raise UserError(f"run folder {run_dir} already holds a run; continue it with trainer.resume=true "
-                        "or start a new one in another folder (hydra.run.dir)")
-    if t.resume and last_path.parent.is_dir():
-        checkpoint.remove_stale_temp_files(last_path.parent)  # a killed writer's leftovers; the files they replace are intact
-    resume = t.resume and last_path.is_file()
-    if t.resume and not resume:  # killed before its first checkpoint (or a new folder): nothing to lose, start over
-        log.warning("trainer.resume=true but %s does not exist: starting from the beginning", last_path)
-
+    folder = RunFolder(Path(run_dir) if run_dir is not None else Path.cwd())
+    resume = folder.prepare(t.resume)
     data = GlimpseData(cfg.data, cfg.seed, device)
     model = build_model(cfg, data.image_shape, data.classes).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
-
-    # Everything a resumed run needs to continue exactly where this one stopped, even mid-epoch.
-    progress = {"epoch": 0, "batch": 0, "generator": None, "sums": {}, "images": 0, "seconds": 0.0, "skipped": 0,
-                "best_val_error": math.inf, "best_epoch": -1, "train_seconds": 0.0, "images_seen": 0}
+    run = Run(cfg, folder, device, data, model, optimizer, scheduler, math.ceil(len(data.train) / t.batch_size))
     if resume:
-        # Loaded on the CPU: the RNG states must stay CPU byte tensors; weights and Adam's state move to `device` as they load.
-        state = checkpoint.load(last_path, map_location="cpu", required=("config", "model", "optimizer", "scheduler", "progress"))
-        changed = checkpoint.config_differences(state["config"], config, ignore=RESUMABLE_CHANGES, absent=ADDED_KEYS)
-        if changed:
-            raise UserError(f"checkpoint {last_path} was written by a different config; differing keys: {'; '.join(changed)}")
-        load_weights(model, state["model"], last_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        progress = state["progress"]
-
-    def save_last(epoch: int, batch: int, generator: torch.Generator | None, sums: dict, images: int, seconds: float, skipped: int) -> None:
-        progress.update(epoch=epoch, batch=batch, generator=generator.get_state() if generator is not None else None,
-                        sums=dict(sums), images=images, seconds=seconds, skipped=skipped)
-        checkpoint.save({"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": {"torch": torch.get_rng_state()},
-                         "progress": progress, "epoch": epoch}, last_path)
+        run.restore()
 
     # purge_step: events the killed run wrote after its last checkpoint are dropped, so the curves stay continuous.
     # Events are written only at epoch ends (step (epoch + 1) * steps_per_epoch), after the epoch's last mid-epoch
     # checkpoint, which may hold batch == steps_per_epoch: so keep what the last finished epoch wrote, purge the rest.
-    last_epoch_end = progress["epoch"] * steps_per_epoch
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=last_epoch_end + 1 if t.resume else None)
-    every = t.checkpoint_every_minutes * 60
-    last_saved = time.monotonic()
+    writer = SummaryWriter(log_dir=str(folder.path),
+                           purge_step=run.progress["epoch"] * run.steps_per_epoch + 1 if t.resume else None)
+    folder.keep_history(run.progress["epoch"])
     shown = next(data.eval_batches("val", t.visual_images))  # the same validation images in every picture
     take_step = training_step(model, optimizer, cfg, device)
-    bar = tqdm(range(progress["epoch"], t.epochs), initial=progress["epoch"], total=t.epochs, desc=f"{m.name} {cfg.data.name}",
-               disable=not t.progress, dynamic_ncols=True)
+    bar = tqdm(range(run.progress["epoch"], t.epochs), initial=run.progress["epoch"], total=t.epochs,
+               desc=f"{cfg.model.name} {cfg.data.name}", disable=not t.progress, dynamic_ncols=True)
     for epoch in bar:
-        # Canvases and policy noise of an epoch depend only on (seed, epoch) and the batch reached: resuming replays them.
-        gen = seeded(cfg.seed, "train", epoch, device=device)
-        start = progress["batch"]
-        batches = data.train_batches(t.batch_size, gen, start, progress["generator"])
-        sums: dict[str, torch.Tensor] = progress["sums"]
-        n, seconds, skipped = progress["images"], progress["seconds"], progress["skipped"]
-        model.train()
-        tic = time.perf_counter()
-        for batch, (images, labels) in enumerate(batches, start=start + 1):
-            loss, terms, finite = take_step(images, labels, gen)
-            if not finite:
-                if t.on_nonfinite == "stop":
-                    raise NonFiniteError(
-                        f"training stopped: non-finite loss or gradient (loss {loss.item()}) at epoch {epoch + 1}, batch {batch}; "
-                        f"the last good checkpoint is {last_path if last_path.exists() else 'not written yet'}; "
-                        "lower trainer.lr, or set trainer.on_nonfinite=skip to skip such batches")
-                skipped += 1
-                continue
-            for k, v in terms.items():  # summed on the device: no sync per step
-                sums[k] = sums.get(k, 0) + v.detach() * len(labels)
-            n += len(labels)
-            if every and time.monotonic() - last_saved >= every:
-                save_last(epoch, batch, gen, sums, n, seconds + time.perf_counter() - tic, skipped)
-                last_saved = time.monotonic()
-        seconds += time.perf_counter() - tic
-        progress["train_seconds"] += seconds
-        progress["images_seen"] += n
-        step = (epoch + 1) * steps_per_epoch
+        sums, n, seconds, skipped = train_epoch(run, epoch, take_step)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        scalars = end_epoch(run, epoch, sums, n, seconds, skipped, lr, writer, shown)
+        bar.set_postfix(ce=f"{scalars.get('train/loss/ce', math.nan):.3f}", val_err=f"{scalars['val/error']:.2f}",
+                        img_s=f"{scalars['train/images_per_second']:,.0f}")
 
-        val = evaluate_model(model, data.eval_batches("val", t.eval_batch_size), t.eval_samples,
-                             seeded(cfg.seed, "eval", "val", device=device))
-        scalars = {f"train/{k}": v.item() / max(n, 1) for k, v in sums.items()}
-        if "train/reward" in scalars:
-            scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
-        scalars.update({"train/lr": lr, "train/images_per_second": n / max(seconds, 1e-9), "train/skipped_batches": skipped,
-                        "val/error": val["error"], "val/error_greedy": val["error_greedy"]})
-        std = getattr(getattr(model, "location_net", None), "std", None)
-        if std is not None:
-            scalars["train/location_std"] = std
-        for k, v in scalars.items():
-            writer.add_scalar(k, v, step)
-        if t.visual_every and ((epoch + 1) % t.visual_every == 0 or epoch + 1 == t.epochs):
-            tic = time.perf_counter()
-            log_pictures(writer, model, *shown, step)
-            progress["picture_seconds"] = progress.get("picture_seconds", 0.0) + time.perf_counter() - tic
+    metrics = score_on_test(run)
+    # The test/ scalars one step after the last epoch's: a run killed before metrics.json resumes with
+    # purge_step = that epoch's step + 1, which drops them, so they are written once, not twice.
+    log_hparams(writer, cfg, hparam_metrics(metrics), t.epochs * run.steps_per_epoch + 1)
+    writer.close()
+    checkpoint.atomic_write(folder.metrics, lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+    log.info("test error %.2f%% (greedy %.2f%%) with the best validation checkpoint (epoch %d, val error %.2f%%); "
+             "%.0f s of training", metrics["test_error"], metrics["test_error_greedy"], metrics["best_epoch"],
+             metrics["val_error_best"], metrics["train_seconds"])
+    return metrics
 
-        if val["error"] < progress["best_val_error"]:
-            progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
-            checkpoint.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "val_error": val["error"]}, best_path)
-        save_last(epoch + 1, 0, None, {}, 0, 0.0, 0)
-        last_saved = time.monotonic()
-        log.info("epoch %d/%d: train ce %.4f, val error %.2f%% (greedy %.2f%%), %.0f images/s", epoch + 1, t.epochs,
-                 scalars.get("train/loss/ce", math.nan), val["error"], val["error_greedy"], n / max(seconds, 1e-9))
-        bar.set_postfix(ce=f"{scalars.get('train/loss/ce', math.nan):.3f}", val_err=f"{val['error']:.2f}", img_s=f"{n / max(seconds, 1e-9):,.0f}")
-        writer.flush()
 
-    # Test once, with the checkpoint chosen on validation.
-    best = checkpoint.load(best_path, map_location=device)
-    load_weights(model, best["model"], best_path)
-    test = evaluate_model(model, data.eval_batches("test", t.eval_batch_size), t.eval_samples,
-                          seeded(cfg.seed, "eval", "test", device=device), count_pixels=True)
+class RunFolder:
+    """A run folder's files (docs/design.md, "Run folder")."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.last, self.best = path / "checkpoints" / "last.pt", path / "checkpoints" / "best.pt"
+        self.metrics, self.history = path / "metrics.json", path / "history.jsonl"
+
+    def prepare(self, resume: bool) -> bool:
+        """Whether to continue the folder's run; refuses to start a new run over a finished or started one."""
+        if not resume and (self.last.exists() or self.metrics.exists()):
+            raise UserError(f"run folder {self.path} already holds a run; continue it with trainer.resume=true "
+                            "or start a new one in another folder (hydra.run.dir)")
+        if resume and self.last.parent.is_dir():
+            checkpoint.remove_stale_temp_files(self.last.parent)  # a killed writer's leftovers; their targets are intact
+        if resume and not self.last.is_file():  # killed before its first checkpoint (or a new folder): start over
+            log.warning("trainer.resume=true but %s does not exist: starting from the beginning", self.last)
+            return False
+        return resume
+
+    def keep_history(self, epochs: int) -> None:
+        """Drop history.jsonl's records after epoch `epochs`: a killed run wrote them after its last checkpoint."""
+        if not self.history.exists():
+            return
+        kept = [line for line in self.history.read_text().splitlines() if _epoch_of(line) <= epochs]
+        checkpoint.atomic_write(self.history, lambda f: f.write("".join(f"{line}\n" for line in kept).encode()))
+
+    def append_history(self, record: dict) -> None:
+        with open(self.history, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _epoch_of(line: str) -> float:
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+        return math.inf
+
+
+class Run:
+    """What the loop's parts share: config, folder, data, model, optimiser and the progress a resumption needs."""
+
+    def __init__(self, cfg: DictConfig, folder: RunFolder, device: torch.device, data: GlimpseData,
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, steps_per_epoch: int):
+        self.cfg, self.folder, self.device, self.data = cfg, folder, device, data
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.steps_per_epoch = steps_per_epoch
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        # Everything a resumed run needs to continue exactly where this one stopped, even mid-epoch.
+        self.progress = {"epoch": 0, "batch": 0, "generator": None, "sums": {}, "images": 0, "seconds": 0.0,
+                         "skipped": 0, "best_val_error": math.inf, "best_epoch": -1, "train_seconds": 0.0,
+                         "images_seen": 0}
+        self.last_saved = time.monotonic()
+
+    def restore(self) -> None:
+        """Continue from checkpoints/last.pt: weights, Adam, schedule, RNG and progress; refused if the config differs
+        in a key that changes results."""
+        path = self.folder.last
+        # Loaded on the CPU: the RNG states must stay CPU byte tensors; weights and Adam's state move as they load.
+        state = checkpoint.load(path, map_location="cpu",
+                                required=("config", "model", "optimizer", "scheduler", "progress"))
+        current = flatten(self.config)
+        absent = {k: v for k, v in ADDED_KEYS.items() if k in current}  # a key this model does not have stays absent
+        changed = checkpoint.config_differences(state["config"], self.config, ignore=RESULT_NEUTRAL_KEYS, absent=absent)
+        if changed:
+            raise UserError(f"checkpoint {path} was written by a different config; differing keys: {'; '.join(changed)}")
+        load_weights(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.progress = state["progress"]
+
+    def save_last(self, epoch: int, batch: int = 0, generator: torch.Generator | None = None, sums: dict | None = None,
+                  images: int = 0, seconds: float = 0.0, skipped: int = 0) -> None:
+        """checkpoints/last.pt: the state after `batch` batches of epoch `epoch` (0-based; batch 0: the epoch's start)."""
+        self.progress.update(epoch=epoch, batch=batch, generator=generator.get_state() if generator is not None else None,
+                             sums=dict(sums or {}), images=images, seconds=seconds, skipped=skipped)
+        checkpoint.save({"config": self.config, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                         "progress": self.progress, "epoch": epoch}, self.folder.last)
+        self.last_saved = time.monotonic()
+
+
+def train_epoch(run: Run, epoch: int, take_step: Callable) -> tuple[dict[str, torch.Tensor], int, float, int]:
+    """One epoch's Adam steps (from the batch a resumed run reached): the loss terms summed over images, the images,
+    the training seconds and the skipped batches."""
+    t, progress = run.cfg.trainer, run.progress
+    # Canvases and policy noise of an epoch depend only on (seed, epoch) and the batch reached: resuming replays them.
+    gen = seeded(run.cfg.seed, "train", epoch, device=run.device)
+    start = progress["batch"]
+    batches = run.data.train_batches(t.batch_size, gen, start, progress["generator"])
+    sums: dict[str, torch.Tensor] = progress["sums"]
+    n, seconds, skipped = progress["images"], progress["seconds"], progress["skipped"]
+    every = t.checkpoint_every_minutes * 60
+    run.model.train()
+    tic = time.perf_counter()
+    for batch, (images, labels) in enumerate(batches, start=start + 1):
+        loss, terms, finite = take_step(images, labels, gen)
+        if not finite:
+            if t.on_nonfinite == "stop":
+                last = run.folder.last
+                raise NonFiniteError(
+                    f"training stopped: non-finite loss or gradient (loss {loss.item()}) at epoch {epoch + 1}, "
+                    f"batch {batch}; the last good checkpoint is {last if last.exists() else 'not written yet'}; "
+                    "lower trainer.lr, or set trainer.on_nonfinite=skip to skip such batches")
+            skipped += 1
+            continue
+        for k, v in terms.items():  # summed on the device: no sync per step
+            sums[k] = sums.get(k, 0) + v.detach() * len(labels)
+        n += len(labels)
+        if every and time.monotonic() - run.last_saved >= every:
+            run.save_last(epoch, batch, gen, sums, n, seconds + time.perf_counter() - tic, skipped)
+    return sums, n, seconds + time.perf_counter() - tic, skipped
+
+
+def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, seconds: float, skipped: int, lr: float,
+              writer: SummaryWriter, shown: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """Validation, the epoch's scalars (TensorBoard and history.jsonl), pictures, best.pt and last.pt, the log line."""
+    cfg, t, progress = run.cfg, run.cfg.trainer, run.progress
+    progress["train_seconds"] += seconds
+    progress["images_seen"] += n
+    step = (epoch + 1) * run.steps_per_epoch
+    val = evaluate_model(run.model, run.data.eval_batches("val", t.eval_batch_size), t.eval_samples,
+                         seeded(cfg.seed, "eval", "val", device=run.device))
+    scalars = {f"train/{k}": v.item() / max(n, 1) for k, v in sums.items()}
+    if "train/reward" in scalars:
+        scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
+    scalars.update({"train/lr": lr, "train/images_per_second": n / max(seconds, 1e-9), "train/skipped_batches": skipped,
+                    "val/error": val["error"], "val/error_greedy": val["error_greedy"]})
+    std = getattr(getattr(run.model, "location_net", None), "std", None)
+    if std is not None:
+        scalars["train/location_std"] = std
+    for k, v in scalars.items():
+        writer.add_scalar(k, v, step)
+    if t.visual_every and ((epoch + 1) % t.visual_every == 0 or epoch + 1 == t.epochs):
+        tic = time.perf_counter()
+        log_pictures(writer, run.model, *shown, step, class_names=run.data.class_names)
+        progress["picture_seconds"] = progress.get("picture_seconds", 0.0) + time.perf_counter() - tic
+
+    if val["error"] < progress["best_val_error"]:
+        progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
+        checkpoint.save({"config": run.config, "epoch": epoch + 1, "model": run.model.state_dict(),
+                         "val_error": val["error"]}, run.folder.best)
+    # The record before the checkpoint: killed between the two, the run resumes from the epoch before and
+    # keep_history drops the record; the other way round, the epoch would be missing for good.
+    run.folder.append_history({"epoch": epoch + 1, "step": step, "train_seconds": progress["train_seconds"],
+                               "images_seen": progress["images_seen"],
+                               "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **scalars})
+    run.save_last(epoch + 1)
+    log.info("epoch %d/%d: train ce %.4f, val error %.2f%% (greedy %.2f%%), %.0f images/s", epoch + 1, t.epochs,
+             scalars.get("train/loss/ce", math.nan), val["error"], val["error_greedy"], scalars["train/images_per_second"])
+    writer.flush()
+    return scalars
+
+
+def score_on_test(run: Run) -> dict:
+    """Score the checkpoint chosen on validation once on the test set; the run's metrics.json content."""
+    cfg, t, m, device, data, model, progress = (run.cfg, run.cfg.trainer, run.cfg.model, run.device, run.data,
+                                                run.model, run.progress)
+    best = checkpoint.load(run.folder.best, map_location=device)
+    load_weights(model, best["model"], run.folder.best)
+    result = evaluate_model(model, data.eval_batches("test", t.eval_batch_size), t.eval_samples,
+                            seeded(cfg.seed, "eval", "test", device=device), count_pixels=True)
     probe = next(data.eval_batches("test", 8))[0]
     inference = inference_images_per_second(model, data, t.eval_batch_size)
-    metrics = {
+    return {
         "model": m.name, "data": cfg.data.name, "seed": cfg.seed,
-        "test_error": test["error"], "test_error_greedy": test["error_greedy"],
+        "test_error": result["error"], "test_error_greedy": result["error_greedy"],
         "val_error_best": progress["best_val_error"], "best_epoch": progress["best_epoch"], "epochs": t.epochs,
         "train_seconds": progress["train_seconds"],
         "train_images_per_second": progress["images_seen"] / max(progress["train_seconds"], 1e-9),
         "inference_images_per_second": inference, "picture_seconds": progress.get("picture_seconds", 0.0),
         "params": params(model), "macs_per_image": macs_per_image(model, probe),
-        "pixels_per_image": test["pixels_per_image"],
-        "glimpses": m.get("glimpses"), "device": str(device), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "pixels_per_image": result["pixels_per_image"],
+        "glimpses": m.get("glimpses"), "device": str(device), "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
     }
-    # The test/ scalars one step after the last epoch's: a run killed before metrics.json resumes with
-    # purge_step = that epoch's step + 1, which drops them, so they are written once, not twice.
-    log_hparams(writer, cfg, hparam_metrics(metrics), t.epochs * steps_per_epoch + 1)
-    writer.close()
-    checkpoint.atomic_write(run_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
-    return metrics
 
 
 @torch.no_grad()
@@ -357,7 +438,7 @@ def _hydra_main() -> None:
             metrics = train(cfg, run_dir)
         except UserError as err:
             if hc.mode == RunMode.MULTIRUN:
-                log.error("%s", err)  # into the job's train.log: compare.py lists the failed run with this line
+                log.error("%s", err)  # into the job's train.log: glimpse.compare lists the failed run with this line
                 raise  # every launcher records it, runs the other jobs and exits non-zero at the end
             _discard_if_empty(run_dir)
             print(f"glimpse.train: {err}", file=sys.stderr)
@@ -372,15 +453,21 @@ def _hydra_main() -> None:
 
 def preflight(args: list[str]) -> None:
     """Compose and check the config of a single run before Hydra makes its folder: a bad value costs nothing."""
+    from glimpse.config import option_file, search_path
+
     check_overrides(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
+    searchpath = search_path(args)
     for arg in args:
-        preset = CONF_DIR / "experiment" / f"{arg.partition('=')[2]}.yaml"
-        if arg.startswith("experiment=") and not multirun and preset.is_file() and "sweeper:" in preset.read_text():
-            raise UserError(f"experiment={preset.stem} is a sweep preset: run it with -m (python -m glimpse.train -m {arg})")
+        preset = option_file("experiment", arg.partition("=")[2], searchpath) if arg.startswith("experiment=") else None
+        if preset is not None and not multirun and "sweeper:" in preset.read_text():
+            raise UserError(f"experiment={preset.stem} is a sweep preset: run it with -m "
+                            f"(python -m glimpse.train -m {arg})")
     if any(a.startswith("-") for a in args):
         return  # multirun and Hydra's own flags: every job is checked by train() itself
-    compose_config([a for a in args if not a.lstrip("+~").startswith("hydra.")])
+    # The search path changes what composes; Hydra's other settings only where and how runs go.
+    compose_config([a for a in args
+                    if not a.lstrip("+~").startswith("hydra.") or a.lstrip("+").startswith("hydra.searchpath=")])
 
 
 def cli() -> None:

@@ -15,6 +15,7 @@ BAD_CONFIG = {
     "sensor.scales=-1": "sensor.scales",
     "sensor.scale_factor=0.5": "sensor.scale_factor",
     "sensor.resize=nearest": "sensor.resize",
+    "sensor=canvas70": "sensor",
     "model.glimpses=0": "model.glimpses",
     "model.std=0": "model.std",
     "model.std=abc": "model.std",
@@ -132,6 +133,8 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+    last_line = (tmp_path / "run" / "train.log").read_text().strip().splitlines()[-1]
+    assert f"test error {metrics['test_error']:.2f}% (greedy {metrics['test_error_greedy']:.2f}%)" in last_line
     evaluated = run("glimpse.evaluate", "run", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test_error"] == metrics["test_error"]

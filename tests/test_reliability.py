@@ -74,6 +74,14 @@ def assert_same_results(run_dir: Path, reference_dir: Path, name: str) -> None:
     resumed, reference = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference_dir))
     assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}, name
     assert curves(run_dir) == curves(reference_dir), name
+    assert history(run_dir) == history(reference_dir), name
+
+
+def history(run_dir: Path) -> list[dict]:
+    """history.jsonl's records without what depends on the clock: one per epoch, in order, none doubled."""
+    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    clock = ("time", "train_seconds", "train/images_per_second")
+    return [{k: v for k, v in r.items() if k not in clock} for r in records]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -151,14 +159,38 @@ def test_resume_with_a_different_model_config_names_the_keys_that_differ(tmp_pat
 
 
 def test_a_checkpoint_written_before_a_key_existed_holds_the_value_that_computes_the_same():
-    from glimpse.train import ADDED_KEYS, RESUMABLE_CHANGES
+    from glimpse.config import RESULT_NEUTRAL_KEYS
+    from glimpse.train import ADDED_KEYS
 
     current = OmegaConf.to_container(make_cfg(*TINY), resolve=True)
     older = OmegaConf.to_container(make_cfg(*TINY), resolve=True)
     del older["trainer"]["precision"]  # written before trainer.precision existed: float32 throughout
-    assert checkpoint.config_differences(older, current, RESUMABLE_CHANGES, absent=ADDED_KEYS) == []
+    assert checkpoint.config_differences(older, current, RESULT_NEUTRAL_KEYS, absent=ADDED_KEYS) == []
     current["trainer"]["precision"] = "bf16"
-    assert checkpoint.config_differences(older, current, RESUMABLE_CHANGES, absent=ADDED_KEYS) == ["trainer.precision: fp32 -> bf16"]
+    assert checkpoint.config_differences(older, current, RESULT_NEUTRAL_KEYS,
+                                         absent=ADDED_KEYS) == ["trainer.precision: fp32 -> bf16"]
+
+
+@needs_mnist
+def test_a_model_without_an_added_key_resumes(tmp_path):
+    """An added key of one model (RAM's) is no difference for a model that has no such key."""
+    cfg = make_cfg(*TINY, "model=soft", "trainer.epochs=1", "data.train_limit=256", "data.eval_limit=100")
+    train(cfg, tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    resumed = train(make_cfg(*TINY, "model=soft", "trainer.epochs=1", "data.train_limit=256", "data.eval_limit=100",
+                             "trainer.resume=true"), tmp_path)
+    assert resumed["epochs"] == 1
+
+
+def test_checkpoints_and_metrics_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        checkpoint.atomic_write(tmp_path / "metrics.json", lambda f: f.write(b"{}"))
+        checkpoint.save({"model": {}}, tmp_path / "checkpoints" / "last.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "checkpoints" / "last.pt").stat().st_mode & 0o777 == 0o640
 
 
 @needs_mnist

@@ -76,8 +76,8 @@ def test_run_folder_holds_metrics_checkpoints_and_scalars(short_run):
     assert len(events.Scalars("val/error")) == 3
     # pictures after the last epoch (visual_every=5 > 3 epochs) of the first 8 validation images, at its step
     last_step = events.Scalars("val/error")[-1].step
-    pictures = [t for t in events.Tags()["images"] if t.startswith("glimpses/")]
-    assert {f"glimpses/{i}/trajectory" for i in range(8)} <= set(pictures)
+    pictures = [t for t in events.Tags()["images"] if t.startswith("visual/")]
+    assert set(pictures) == {"visual/trajectories", "visual/patches", "visual/episodes"}
     assert all(e.step == last_step for t in pictures for e in events.Images(t))
     start = hparams_metadata.parse_session_start_info_plugin_data(
         events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG])
@@ -114,6 +114,22 @@ def test_resume_after_an_interruption_ends_with_the_same_metrics(short_run, tmp_
         assert resumed[key] == uninterrupted[key], key
     events = EventAccumulator(str(tmp_path)).Reload()
     assert [e.step for e in events.Scalars("val/error")] == sorted({e.step for e in events.Scalars("val/error")})
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # the epoch redone after the crash is recorded once
+
+
+def test_history_holds_one_record_per_epoch_with_the_tensorboard_scalars(short_run):
+    run_dir, metrics = short_run
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["step"] for r in history] == [e.step for e in events.Scalars("val/error")]
+    assert [r["val/error"] for r in history] == pytest.approx([e.value for e in events.Scalars("val/error")])
+    assert min(r["val/error"] for r in history) == pytest.approx(metrics["val_error_best"])
+    assert history[-1]["train_seconds"] == pytest.approx(metrics["train_seconds"])
+    assert all(a["train_seconds"] < b["train_seconds"] for a, b in zip(history, history[1:]))
+    for key in ("images_seen", "time", "train/loss/ce", "train/lr", "val/error_greedy", "train/location_std"):
+        assert key in history[0], key
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""RNNEpisode (RAM's fused episode) against the plain autograd loop: training steps, same weights, one process.
+"""model.fused=true (RAM's fused episode, RNNEpisode) against false (the plain autograd loop): training steps,
+same weights, one process.
 
     python experiments/fused_vs_plain.py experiment=ram_mnist [trainer.batch_size=512]
 
@@ -24,11 +25,10 @@ from glimpse.train import make_optimizer, train_step
 ROUNDS, STEPS = 15, 10
 
 
-def training_step(cfg, data: GlimpseData, fused: bool) -> Callable[[], None]:
-    """One training step of a fresh model (seed 0), with RNNEpisode or with the plain loop."""
+def training_step(cfg, data: GlimpseData) -> Callable[[], None]:
+    """One training step of a fresh model (seed 0) of `cfg`: RNNEpisode or the plain loop as its model.fused says."""
     torch.manual_seed(0)
     model = build_model(cfg, data.image_shape, data.classes)
-    model.fused = fused
     optimizer, _ = make_optimizer(model, cfg)
     gen, m, b = seeded(0, "fused_vs_plain"), cfg.model, cfg.trainer.batch_size
     stream = endless_batches(data, b, gen)
@@ -41,15 +41,19 @@ def training_step(cfg, data: GlimpseData, fused: bool) -> Callable[[], None]:
 
 
 def main(overrides: list[str]) -> str:
-    cfg = compose_config(overrides or ["experiment=ram_mnist"])
+    base = overrides or ["experiment=ram_mnist"]
+    flags = {"plain": "false", "fused": "true"}  # model.fused for each; plain takes the first turn
+    cfgs = {name: compose_config([*base, f"model.fused={flag}"]) for name, flag in flags.items()}
+    cfg = cfgs["fused"]
     data = GlimpseData(cfg.data, 0, torch.device("cpu"))
-    steps = {"plain": training_step(cfg, data, False), "fused": training_step(cfg, data, True)}
+    steps = {name: training_step(c, data) for name, c in cfgs.items()}
     seconds = interleaved(steps, STEPS, ROUNDS, torch.device("cpu"))  # a warm-up round first, dropped
     b = cfg.trainer.batch_size
     ratios = [p / f for p, f in zip(seconds["plain"], seconds["fused"])]
     rates = ", ".join(f"{name} {b / statistics.median(s):,.0f}" for name, s in seconds.items())
-    return (f"{' '.join(overrides)} batch {b}: images/s (medians of {ROUNDS} alternating rounds of {STEPS} steps): {rates}; "
-            f"fused / plain per round: median {statistics.median(ratios):.3f}, range {min(ratios):.2f}-{max(ratios):.2f}")
+    return (f"{' '.join(overrides)} batch {b}: images/s (medians of {ROUNDS} alternating rounds of {STEPS} steps): "
+            f"{rates}; fused / plain per round: median {statistics.median(ratios):.3f}, "
+            f"range {min(ratios):.2f}-{max(ratios):.2f}")
 
 
 if __name__ == "__main__":

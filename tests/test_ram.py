@@ -45,7 +45,8 @@ def grads(model, **weights):
     loss, _ = hybrid_loss(ep, labels, **weights)
     loss.backward()
     norm = lambda m: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)  # noqa: E731
-    return {name: norm(getattr(model, name)) for name in ("glimpse_net", "core", "location_net", "baseline_net", "action_net")}
+    names = ("glimpse_net", "core", "location_net", "baseline_net", "action_net")
+    return {name: norm(getattr(model, name)) for name in names}
 
 
 def test_location_network_learns_from_reinforce_only_and_baseline_from_its_error_only():
@@ -90,14 +91,14 @@ def test_reinforce_moves_the_mean_towards_rewarded_samples_and_away_from_the_oth
     ((1, 28, 28), dict(glimpses=1, patch=8)),
 ])
 def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina):
-    """RNNEpisode (the fast path for core=rnn) gives the plain loop's episode and gradients, in float64."""
+    """fused=True (RNNEpisode, the fast path for core=rnn) gives fused=False's episode and gradients (the plain
+    loop, autograd throughout), in float64."""
     torch.set_default_dtype(torch.float64)
     try:
         torch.manual_seed(0)
-        fused = RAM(shape, 10, **retina)
-        plain = RAM(shape, 10, **retina)
+        fused = RAM(shape, 10, **retina, fused=True)
+        plain = RAM(shape, 10, **retina, fused=False)
         plain.load_state_dict(fused.state_dict())
-        plain.fused = False
         g = torch.Generator().manual_seed(1)
         images, labels = torch.rand(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g)
         episodes = []
@@ -108,7 +109,8 @@ def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina)
         # equal up to rounding: the two sum the same products in another order
         torch.testing.assert_close(episodes[0].locations, episodes[1].locations, rtol=1e-12, atol=1e-12)
         # the pictures re-read each episode's glimpses through the sensor, all steps at once
-        torch.testing.assert_close(fused.sensor(images, episodes[0].locations), plain.sensor(images, episodes[1].locations))
+        torch.testing.assert_close(fused.sensor(images, episodes[0].locations),
+                                   plain.sensor(images, episodes[1].locations))
         torch.testing.assert_close(episodes[0].logits, episodes[1].logits)
         if retina["glimpses"] > 1:
             torch.testing.assert_close(episodes[0].log_pi, episodes[1].log_pi)
@@ -120,6 +122,36 @@ def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina)
         assert fused.glimpse_net.what.weight.grad.abs().sum() > 0 and fused.core.cell.weight.grad.abs().sum() > 0
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("overrides, fused, runs_fused", [
+    ([], True, True),  # the default: core=rnn takes the fast path
+    (["model.fused=false"], False, False),
+    (["model.core=gru"], True, False),  # only core=rnn has a fast path
+])
+def test_model_fused_chooses_between_the_fast_path_and_the_plain_loop(overrides, fused, runs_fused, monkeypatch):
+    import glimpse.models.ram as ram
+    from glimpse.config import compose_config
+
+    model = build_model(compose_config(["model.glimpses=3", *overrides]), (1, 28, 28), 10)
+    assert model.fused is fused
+    calls, real = [], ram.fused_episode
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ram, "fused_episode", spy)
+    assert model(torch.rand(2, 1, 28, 28)).logits.shape == (2, 10)
+    assert calls == ([1] if runs_fused else [])
+
+
+def test_model_fused_must_be_a_boolean():
+    from glimpse.config import compose_config
+    from glimpse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.fused"):
+        compose_config(["model.fused=often"])
 
 
 def test_bf16_precision_keeps_the_episode_and_the_gradients_near_float32s():

@@ -7,9 +7,12 @@ summed in and clipped to [0, 1] (Mnih et al. 2014, section 4.1).
 
 Batches are uint8 pixels (B, C, H, W), as the files hold them: the models read
 them as value / 255 (the sensor on the CPU straight from the bytes, whole-image
-models through `unit`). A 100x100 canvas batch is then a quarter of the float
-bytes: the bytes, not the arithmetic, set the data + sensor share of a cluttered
-training step (README, the throughput notes under "Results").
+models through `unit`). A canvas batch is then a quarter of the float bytes: the
+bytes, not the arithmetic, set the data + sensor share of a cluttered training
+step (the measurements: experiments/results/bench/README.md).
+
+Each source names its classes (`class_names`, by label): torchvision's names, so
+pictures can say 'Sneaker' or 'airplane' where the labels say 7 or 0.
 
 Validation is carved from the training set (`data.val_fraction`, fixed by the
 seed). Validation and test canvases are drawn once and are the same at every
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import Tensor
+from torchvision.datasets import VisionDataset
 
 from glimpse import kernels
 from glimpse.errors import ConfigError, UserError
@@ -50,8 +54,8 @@ def default_root() -> str:
     return os.environ.get("GLIMPSE_DATA", "data")
 
 
-def load_source(name: str, root: str | Path, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
-    """One split of a torchvision dataset as (uint8 images (N, C, H, W), int64 labels (N,))."""
+def open_source(name: str, root: str | Path, train: bool, download: bool = False) -> VisionDataset:
+    """One split of a source as torchvision's dataset; if it will not load, a UserError naming folder and fix."""
     if name not in SOURCES:
         raise UserError(f"invalid config: data.source={name!r}; allowed: {', '.join(SOURCES)}")
     cls, folder = SOURCES[name]
@@ -75,9 +79,31 @@ def load_source(name: str, root: str | Path, train: bool, download: bool = False
             f"dataset {name} not found (or incomplete) in {where} (download is off: {type(err).__name__}); "
             f"point data.root=<folder> or GLIMPSE_DATA=<folder> at the folder holding {top}/, or set data.download=true"
         ) from None
-    images = torch.as_tensor(np.asarray(ds.data))
+    return ds
+
+
+def as_tensors(dataset: VisionDataset) -> tuple[Tensor, Tensor]:
+    """A torchvision dataset's split as (uint8 images (N, C, H, W), int64 labels (N,))."""
+    images = torch.as_tensor(np.asarray(dataset.data))
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+
+
+def load_source(name: str, root: str | Path, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
+    """One split of a torchvision dataset as (uint8 images (N, C, H, W), int64 labels (N,))."""
+    return as_tensors(open_source(name, root, train, download))
+
+
+def class_names(name: str, dataset: VisionDataset) -> tuple[str, ...]:
+    """The names of source `name`'s classes, by label, from its loaded `dataset` (`open_source`).
+
+    torchvision's: FashionMNIST's class attribute ('T-shirt/top', 'Trouser', ...), CIFAR-10's read from the
+    folder's batches.meta ('airplane', 'automobile', ...); MNIST's are its digits, '0' .. '9', not
+    torchvision's '0 - zero', ...: a digit names itself.
+    """
+    if name == "mnist":
+        return tuple(str(digit) for digit in range(10))
+    return tuple(str(c) for c in dataset.classes)
 
 
 def unit(images: Tensor) -> Tensor:
@@ -174,14 +200,16 @@ class GlimpseData:
 
     def __init__(self, cfg, seed: int, device: torch.device | str = "cpu"):
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
-        # The canvas settings as plain values: read at every batch, and a DictConfig lookup costs ~7 us (more inside a step).
+        # The canvas settings as plain values: read at every batch, where a DictConfig lookup's cost shows.
         position = cfg.get("position")
         self.canvas: int | None = cfg.get("canvas")
         self.position = tuple(position) if position else None
         self.distractors, self.distractor_size = cfg.get("distractors", 0), cfg.get("distractor_size", 8)
-        root = cfg.root if cfg.get("root") else default_root()
-        train_x, train_y = load_source(cfg.source, root, True, bool(cfg.get("download", False)))
-        test_x, test_y = load_source(cfg.source, root, False, bool(cfg.get("download", False)))
+        root, download = cfg.root if cfg.get("root") else default_root(), bool(cfg.get("download", False))
+        source = open_source(cfg.source, root, True, download)
+        self.class_names = class_names(cfg.source, source)  # by label: the pictures' captions
+        train_x, train_y = as_tensors(source)
+        test_x, test_y = load_source(cfg.source, root, False, download)
         order = torch.randperm(len(train_y), generator=seeded(seed, "split"))
         n_val = int(round(cfg.val_fraction * len(train_y)))
         val_idx, train_idx = order[:n_val], order[n_val:]
@@ -204,11 +232,11 @@ class GlimpseData:
 
     @property
     def classes(self) -> int:
-        return 10
+        return len(self.class_names)
 
     def draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
         """uint8 images: the originals, or canvases drawn with `generator`."""
-        images = split.images.index_select(0, idx)  # whole rows: ~10x faster than split.images[idx] for uint8
+        images = split.images.index_select(0, idx)  # whole rows: faster than split.images[idx] for uint8
         if not self.canvas:
             return images
         return make_canvas(images, self.canvas, self.distractors, split.images, generator, indices=idx,

@@ -5,11 +5,11 @@ tests hold these to: `glimpse.sensor.sample` / `area` / `crop` (grid_sample)
 and `glimpse.data.canvas_torch`. On the CPU these kernels replace them because
 on a 100x100 canvas the step's time in data and sensor was memory, not
 arithmetic: grid_sample needs float images and a materialised sampling grid,
-so each glimpse re-read a 5 MB float canvas batch from outside the cache. Here
+so each glimpse re-read the whole float canvas batch from outside the cache. Here
 the canvases stay uint8 (a quarter of the bytes), each patch's integer origin
 is computed from its location in the kernel and its taps from that origin, the
 patches are written where the caller wants them (RAM: its per-step rows), and a
-whole canvas is drawn in one pass while it is in cache (README, the throughput notes under "Results", has the measurements).
+whole canvas is drawn in one pass while it is in cache (the measurements: experiments/results/bench/README.md).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _read(images, locations, half, shift, taps, weights, single, divisor, out): 
                         sums[:] = 0  # the window row's column sums over the block's rows inside the image
                         for a in range(m):
                             if wy[ky, a] != 0:
-                                row = img[ry[ky, a], x0:x1]  # a slice indexed from 0 vectorises (9x, measured)
+                                row = img[ry[ky, a], x0:x1]  # a row slice indexed from 0: the loop below vectorises
                                 for q in range(x1 - x0):
                                     sums[q] += np.float32(row[q])
                         for kx in range(n):
@@ -139,7 +139,7 @@ def _paste(images, top, left, pool, other, cy, cx, py, px, d, out):  # pragma: n
     for i in prange(b):
         for ch in range(c):
             o, img = out[i, ch], images[i, ch]
-            for y in range(size):  # plain loops: numba's slice assignment measured 1.1-1.3x slower here
+            for y in range(size):  # plain loops: numba's slice assignment was slower here
                 for x in range(size):
                     o[y, x] = 0
             for y in range(h):

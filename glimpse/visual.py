@@ -5,10 +5,18 @@ and returns uint8 RGB tensors (N, 3, H', W'), so the same pictures go to
 TensorBoard (`log_pictures`) and to files (`python -m glimpse.visualize`).
 Small images are enlarged by a whole factor with nearest-neighbour, so each
 image pixel stays a crisp square and the glimpse rectangles fall on pixel edges.
+Captions name classes by the data's class names ('Sneaker', 'airplane') when given, else by index.
 
-Coordinates are DESIGN.md's and glimpse/sensor.py's: a location (x, y) in
+Coordinates are docs/design.md's and glimpse/sensor.py's: a location (x, y) in
 [-1, 1]^2 has its centre at pixel u = (x + 1) * W / 2, v = (y + 1) * H / 2,
 where pixel j covers [j, j + 1).
+
+TensorBoard tags (`log_pictures`), one card per kind, each holding all the shown images in a grid (row by row,
+image i at the same place in each): `visual/trajectories`, `visual/patches` and `visual/episodes` (a GIF, one
+frame per glimpse; without moviepy an image, row i holding image i's frames side by side) for ram and dram;
+`visual/attention` for soft; nothing for fc and cnn. TensorBoard's Time Series page groups cards by the
+tag's first part, sorts the groups by name and opens only the first two: `visual` sorts after the scalars'
+`test`, `train` and `val`, so the curves come first and the pictures, a click away, do not push them down.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
+from glimpse.config import RESULT_NEUTRAL_KEYS, flatten
 from glimpse.sensor import patch_origins
 
 if TYPE_CHECKING:  # imported for the hints only: importing torch's tensorboard writer costs time
@@ -40,9 +49,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 SIZE = 224  # target side of a drawn image, in screen pixels
 BAND = 20  # height of the text band above a picture
 RIGHT, WRONG, PATH = (120, 230, 120), (255, 110, 110), (235, 235, 235)
-# Config keys that say where or how a run is kept, not what was trained: left out of the HParams table.
-NOT_HPARAMS = ("data.root", "data.download", "trainer.progress", "trainer.resume")
-# metrics.json key -> scalar tag that the HParams table shows for a run (DESIGN.md's tag names).
+GAP = 4  # white pixels between the pictures of a grid or a film strip
+# metrics.json key -> scalar tag that the HParams table shows for a run (docs/design.md's tag names).
 HPARAM_METRICS = {
     "test_error": "test/error", "test_error_greedy": "test/error_greedy",
     "val_error_best": "val/error_best", "pixels_per_image": "test/pixels_per_image",
@@ -90,7 +98,7 @@ def attention_maps(attention: Tensor, cells: Tensor, side: int, height: int, wid
 # ---------------------------------------------------------------- drawing helpers
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
@@ -126,9 +134,18 @@ def _tensor(image: Image.Image) -> Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3).permute(2, 0, 1)
 
 
-def _caption(label: int | None, prediction: int | None) -> tuple[str, tuple[int, int, int]]:
-    """'true 7 / pred 3', green when right, red when wrong."""
-    parts = ([f"true {label}"] if label is not None else []) + ([f"pred {prediction}"] if prediction is not None else [])
+def class_name(index: int, class_names: Sequence[str] | None = None) -> str:
+    """How a caption names class `index`: its name up to any '/' ('T-shirt/top' -> 'T-shirt'), or the index itself."""
+    if class_names is None or not 0 <= index < len(class_names):
+        return str(index)
+    return class_names[index].split("/")[0]
+
+
+def _caption(label: int | None, prediction: int | None,
+             class_names: Sequence[str] | None = None) -> tuple[str, tuple[int, int, int]]:
+    """'true 7 / pred 3' ('true Sneaker / pred Sandal' with the class names), green when right, red when wrong."""
+    parts = [f"{word} {class_name(value, class_names)}" for word, value in (("true", label), ("pred", prediction))
+             if value is not None]
     colour = PATH if label is None or prediction is None else RIGHT if label == prediction else WRONG
     return " / ".join(parts), colour
 
@@ -137,7 +154,10 @@ def _with_band(picture: Image.Image, text: str, colour: tuple[int, int, int]) ->
     """The picture below a black band holding `text`: the text never hides what was drawn."""
     out = Image.new("RGB", (picture.width, picture.height + BAND))
     out.paste(picture, (0, BAND))
-    ImageDraw.Draw(out).text((4, 3), text, fill=colour, font=_font(14))
+    draw, size = ImageDraw.Draw(out), 14
+    while size > 9 and draw.textlength(text, font=_font(size)) > picture.width - 8:  # long names on a small picture
+        size -= 1
+    draw.text((4, 3), text, fill=colour, font=_font(size))
     return out
 
 
@@ -162,12 +182,14 @@ def _items(values: Tensor | None, n: int) -> list[int | None]:
 def draw_trajectories(
     images: Tensor, locations: Tensor, sides: Sequence[int], labels: Tensor | None = None,
     predictions: Tensor | None = None, snap: bool = True, steps: int | None = None, size: int = SIZE,
+    class_names: Sequence[str] | None = None,
 ) -> Tensor:
     """Each image with the glimpses of its first `steps` steps drawn on it: uint8 (N, 3, BAND + k H, k W).
 
     `locations` (N, T, 2). One rectangle per scale in the step's colour (finest
     thickest), the step's number at the finest rectangle's corner, and a line
-    joining the patch centres in order. The band above says 'true y / pred y'.
+    joining the patch centres in order. The band above says 'true y / pred y',
+    y by its name in `class_names` (the data's `class_names`) when given.
     """
     n, _, h, w = images.shape
     steps = locations.shape[1] if steps is None else steps
@@ -190,7 +212,7 @@ def draw_trajectories(
             draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
         for t, step_boxes in enumerate(boxes[i]):  # numbers last: no rectangle crosses them
             _tag(draw, (step_boxes[0][0] + 2, step_boxes[0][1] + 2), str(t + 1), PALETTE[t % len(PALETTE)], picture.size)
-        out.append(_tensor(_with_band(picture, *_caption(label, prediction))))
+        out.append(_tensor(_with_band(picture, *_caption(label, prediction, class_names))))
     return torch.stack(out)
 
 
@@ -222,7 +244,7 @@ def patch_grid(patches: Tensor, size: int = 48) -> Tensor:
 
 def episode_frames(
     images: Tensor, locations: Tensor, patches: Tensor, sides: Sequence[int], labels: Tensor | None = None,
-    predictions: Tensor | None = None, snap: bool = True, size: int = SIZE,
+    predictions: Tensor | None = None, snap: bool = True, size: int = SIZE, class_names: Sequence[str] | None = None,
 ) -> Tensor:
     """One frame per glimpse: uint8 (N, T, 3, H', W'), for add_video and GIFs.
 
@@ -239,7 +261,8 @@ def episode_frames(
     column = column.permute(0, 1, 3, 2, 4, 5).reshape(n, steps, 3, scales * side, side)
     frames = []
     for t in range(steps):
-        trajectory = draw_trajectories(images, locations, sides, labels, predictions if t == steps - 1 else None, snap, t + 1, size)
+        said = predictions if t == steps - 1 else None
+        trajectory = draw_trajectories(images, locations, sides, labels, said, snap, t + 1, size, class_names)
         _, _, th, tw = trajectory.shape
         frame = torch.zeros(n, 3, max(th, BAND + scales * side + 2 * border), tw + side + 2 * border, dtype=torch.uint8)
         frame[:, :, :th, :tw] = trajectory
@@ -249,10 +272,31 @@ def episode_frames(
     return torch.stack(frames, 1)
 
 
-def film_strip(frames: Tensor, gap: int = 4) -> Tensor:
+def film_strip(frames: Tensor, gap: int = GAP) -> Tensor:
     """Pictures (T, 3, H, W) side by side, `gap` white columns apart: a video as one image."""
     padded = F.pad(frames, (0, gap), value=255)
     return padded.permute(1, 2, 0, 3).reshape(frames.shape[1], frames.shape[2], -1)[..., :-gap]
+
+
+def grid_columns(n: int, height: int, width: int) -> int:
+    """How many columns make a grid of n height x width pictures about twice as wide as it is tall.
+
+    That shape fills a TensorBoard card, so the card shows every picture at one glance.
+    """
+    return min(n, max(1, round(math.sqrt(2 * n * height / width))))
+
+
+def tile(pictures: Tensor, columns: int | None = None, gap: int = GAP) -> Tensor:
+    """Pictures (N, 3, H, W) in a grid, row by row, `gap` white pixels apart: one picture (3, H', W').
+
+    `columns` defaults to `grid_columns`; cells past the last picture stay white.
+    """
+    n, c, h, w = pictures.shape
+    columns = grid_columns(n, h, w) if columns is None else columns
+    rows = math.ceil(n / columns)
+    cells = F.pad(pictures, (0, gap, 0, gap, 0, 0, 0, rows * columns - n), value=255)
+    grid = cells.view(rows, columns, c, h + gap, w + gap).permute(2, 0, 3, 1, 4)
+    return grid.reshape(c, rows * (h + gap), columns * (w + gap))[:, :-gap, :-gap]
 
 
 def _heat(values: Tensor) -> Tensor:
@@ -262,6 +306,7 @@ def _heat(values: Tensor) -> Tensor:
 
 def draw_attention(
     images: Tensor, maps: Tensor, labels: Tensor | None = None, predictions: Tensor | None = None, size: int = 112,
+    class_names: Sequence[str] | None = None,
 ) -> Tensor:
     """Soft attention heat maps: images (N, C, H, W), maps (N, T, heads, H, W) -> uint8 (N, 3, H', W').
 
@@ -290,17 +335,19 @@ def draw_attention(
             _tag(draw, (t * (k * w + gap) + 2, 2), str(t + 1), PALETTE[t % len(PALETTE)], picture.size)
         for r, name in enumerate(names if heads > 1 else []):  # row names down the left, at the panels' feet
             _tag(draw, (2, (r + 1) * (k * h + gap) - gap - 16), name, (60, 60, 60), picture.size)
-        out.append(_tensor(_with_band(picture, *_caption(label, prediction))))
+        out.append(_tensor(_with_band(picture, *_caption(label, prediction, class_names))))
     return torch.stack(out)
 
 
 @torch.no_grad()
-def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, size: int = SIZE) -> dict[str, Tensor]:
+def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, size: int = SIZE,
+             class_names: Sequence[str] | None = None) -> dict[str, Tensor]:
     """Run `model` greedily on `images` and draw whatever it supports, by name.
 
     Models that look through glimpses (ram, dram): 'trajectory' (N, 3, H, W),
     'patches' (N, 3, H, W) and 'frames' (N, T, 3, H, W). Soft attention:
     'attention' (N, 3, H, W). Models that look at the whole image (fc, cnn): nothing.
+    Captions name the classes by `class_names` (the data's `class_names`) when given.
     The model is put in eval mode for the run and given back in the mode it was in.
     """
     was_training = model.training
@@ -316,15 +363,17 @@ def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, siz
     h, w = images.shape[-2:]
     if episode.attention is not None and episode.locations is not None and sensor is not None:
         maps = attention_maps(episode.attention, episode.locations, sensor.sides[0], h, w)
-        return {"attention": draw_attention(images, maps, labels, predictions)}
+        return {"attention": draw_attention(images, maps, labels, predictions, class_names=class_names)}
     if episode.locations is None or sensor is None:
         return {}
     snap = getattr(sensor, "snap", True)
     patches = sensor(images, episode.locations)  # (N, T, scales, C, p, p): what each step read
     return {
-        "trajectory": draw_trajectories(images, episode.locations, sensor.sides, labels, predictions, snap, size=size),
+        "trajectory": draw_trajectories(images, episode.locations, sensor.sides, labels, predictions, snap, size=size,
+                                        class_names=class_names),
         "patches": patch_grid(patches),
-        "frames": episode_frames(images, episode.locations, patches, sensor.sides, labels, predictions, snap, size),
+        "frames": episode_frames(images, episode.locations, patches, sensor.sides, labels, predictions, snap, size,
+                                 class_names),
     }
 
 
@@ -342,47 +391,40 @@ def has_moviepy() -> bool:
     return True
 
 
-def log_pictures(writer: SummaryWriter, model: nn.Module, images: Tensor, labels: Tensor, step: int, fps: float = 2.0) -> None:
-    """Write the pictures of `model` on these fixed images to TensorBoard at `step`.
+def log_pictures(writer: SummaryWriter, model: nn.Module, images: Tensor, labels: Tensor, step: int, fps: float = 2.0,
+                 class_names: Sequence[str] | None = None) -> None:
+    """Write the pictures of `model` on these fixed images to TensorBoard at `step`, under the module's tags.
 
-    Tags, per image i: `glimpses/{i}/trajectory`, `glimpses/{i}/patches`,
-    `glimpses/{i}/video` (a GIF through add_video; without moviepy a film strip
-    image) for ram and dram; `attention/{i}` for soft; nothing for fc and cnn.
+    Each tag holds one grid (`tile`) of all the images, so a run adds a few cards, not a few per image; image i
+    has the same place in the grids of trajectories, patches and episodes (the trajectories' columns).
     """
-    drawn = pictures(model, images, labels)
-    for i in range(len(images)):
-        if "attention" in drawn:
-            writer.add_image(f"attention/{i}", drawn["attention"][i], step)
-        if "trajectory" in drawn:
-            writer.add_image(f"glimpses/{i}/trajectory", drawn["trajectory"][i], step)
-            writer.add_image(f"glimpses/{i}/patches", drawn["patches"][i], step)
-            if has_moviepy():
-                writer.add_video(f"glimpses/{i}/video", drawn["frames"][i : i + 1], step, fps=fps)
-            else:
-                writer.add_image(f"glimpses/{i}/video", film_strip(drawn["frames"][i]), step)
+    drawn = pictures(model, images, labels, class_names=class_names)
+    if "attention" in drawn:
+        writer.add_image("visual/attention", tile(drawn["attention"]), step)
+    if "trajectory" in drawn:
+        n, _, h, w = drawn["trajectory"].shape
+        columns = grid_columns(n, h, w)
+        writer.add_image("visual/trajectories", tile(drawn["trajectory"], columns), step)
+        writer.add_image("visual/patches", tile(drawn["patches"], columns), step)
+        frames = drawn["frames"]  # (N, T, 3, H, W)
+        if has_moviepy():  # frame t: step t + 1 of every episode
+            grids = torch.stack([tile(frames[:, t], columns) for t in range(frames.shape[1])])
+            writer.add_video("visual/episodes", grids[None], step, fps=fps)
+        else:  # row i: image i's episode from left to right
+            writer.add_image("visual/episodes", tile(frames.flatten(0, 1), columns=frames.shape[1]), step)
 
 
 def flatten_config(cfg: DictConfig | Mapping) -> dict[str, int | float | str]:
     """The run's config as flat HParams values: {'model.glimpses': 6, 'data.name': 'mnist', ...}.
 
     Lists, None and booleans become strings (HParams takes numbers and strings);
-    Hydra's own section and NOT_HPARAMS are left out.
+    Hydra's own section and config.RESULT_NEUTRAL_KEYS (how a run is kept, not what it computes) are left out.
     """
-    from omegaconf import OmegaConf
-
-    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    flat: dict[str, int | float | str] = {}
-
-    def walk(node: Mapping, prefix: str) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, Mapping):
-                walk(value, f"{name}.")
-            elif name not in NOT_HPARAMS:
-                flat[name] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
-
-    walk({k: v for k, v in tree.items() if k != "hydra"}, "")
-    return flat
+    return {
+        key: value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
+        for key, value in flatten(cfg).items()
+        if key.split(".")[0] != "hydra" and key not in RESULT_NEUTRAL_KEYS
+    }
 
 
 def hparam_metrics(metrics: Mapping[str, object]) -> dict[str, float]:

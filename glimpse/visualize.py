@@ -31,7 +31,7 @@ def write_pictures(run: str | Path, out: str | Path | None = None, images: int =
     """Draw a run's checkpoint on its first `images` validation images into `out` (default <run>/pictures); the paths written."""
     model, state, data = load_run(run, which, device)
     x, y = next(data.eval_batches("val", images))
-    drawn = pictures(model, x, y)
+    drawn = pictures(model, x, y, class_names=data.class_names)
     if not drawn:
         raise UserError(f"{run}: model {state['config']['model']['name']!r} looks at the whole image; there are no glimpses to draw")
     out = Path(out) if out is not None else Path(run) / "pictures"
@@ -74,5 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script glimpse-visualize (pyproject.toml)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

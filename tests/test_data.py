@@ -122,6 +122,7 @@ def test_cifar10_code_path_on_generated_files(tmp_path, monkeypatch):
     cfg = make_cfg("data=cifar10", f"data.root={tmp_path}")
     data = GlimpseData(cfg.data, seed=0)
     assert data.image_shape == (3, 32, 32) and len(data.train) == 90 and len(data.val) == 10 and len(data.test) == 20
+    assert data.class_names == tuple(f"c{i}" for i in range(10))  # the folder's own names, from its batches.meta
     x, y = next(data.train_batches(16, seeded(0)))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     cluttered = GlimpseData(make_cfg("data=cifar10", f"data.root={tmp_path}", "data.canvas=48", "data.distractors=2").data, seed=0)
@@ -157,6 +158,19 @@ def test_fashion_mnist_and_its_canvas_variants_on_generated_files(tmp_path):
     canvas = next(cluttered.eval_batches("test", 20))[0]
     clutter = (canvas > 0).flatten(1).sum(1) - 28 * 28  # pixels lit outside the image: the distractors' (up to 4 x 8 x 8)
     assert bool(((clutter > 0) & (clutter <= 4 * 64)).all())
+
+
+@pytest.mark.parametrize("source, folder, names", [
+    ("mnist", "MNIST", ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")),
+    ("fashion_mnist", "FashionMNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                       "Sneaker", "Bag", "Ankle boot")),
+])
+def test_each_source_names_its_classes_by_label(tmp_path, source, folder, names):
+    """Pictures caption label 7 of Fashion-MNIST as 'Sneaker' through these names; MNIST's digits name themselves."""
+    write_fake_idx(tmp_path / folder / "raw")
+    data = GlimpseData(make_cfg(f"data={source}", f"data.root={tmp_path}").data, seed=0)
+    assert data.class_names == names and data.classes == 10
+    assert data.class_names[7] == ("7" if source == "mnist" else "Sneaker")
 
 
 def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):

@@ -15,14 +15,18 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+import torchvision
+from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.tensorboard import SummaryWriter
 
 from glimpse import visual
+from glimpse.config import RESULT_NEUTRAL_KEYS
+from glimpse.data import GlimpseData
 from glimpse.models import build_model
 from glimpse.models.soft import grid_locations
 from glimpse.sensor import crop, patch_sides
@@ -36,6 +40,8 @@ from glimpse.visual import (
     log_hparams,
     log_pictures,
     patch_grid,
+    pictures,
+    tile,
 )
 from tests.conftest import data_root, make_cfg, needs_mnist
 
@@ -57,6 +63,16 @@ def frame_width(scales: int, patch: int = 8) -> int:
 def coloured(picture: torch.Tensor, colour: tuple[int, int, int]) -> torch.Tensor:
     """(H, W) mask of the pixels of a uint8 (3, H, W) picture that are exactly `colour`."""
     return (picture == torch.tensor(colour, dtype=torch.uint8)[:, None, None]).all(0)
+
+
+def decoded(event) -> torch.Tensor:
+    """A TensorBoard image event's picture as uint8 (3, H, W)."""
+    image = Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+needs_fashion_mnist = pytest.mark.skipif(not (data_root() / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").exists(),
+                                         reason="real Fashion-MNIST not found; set GLIMPSE_DATA")
 
 
 # ---------------------------------------------------------------- geometry
@@ -167,6 +183,51 @@ def test_patch_grid_puts_step_t_scale_s_in_column_t_row_s():
     assert coloured(body, PALETTE[2])[cell, 2 * cell]  # the border has the step's colour
 
 
+def test_tile_puts_pictures_row_by_row_with_white_gaps():
+    pictures = torch.stack([torch.full((3, 10, 20), i, dtype=torch.uint8) for i in range(5)])  # picture i: value i
+    grid = tile(pictures, columns=3)
+    assert grid.shape == (3, 2 * 10 + 4, 3 * 20 + 2 * 4)  # two rows of three, 4 white pixels apart
+    assert (grid[:, :10, 24:44] == 1).all() and (grid[:, 14:, 24:44] == 4).all()  # row 1: 0 1 2; row 2: 3 4
+    assert (grid[:, 10:14] == 255).all() and (grid[:, 14:, 48:] == 255).all()  # a gap, and the empty sixth cell
+    assert visual.grid_columns(8, 244, 224) == 4  # by default about twice as wide as tall, as a TensorBoard card
+
+
+def test_captions_name_the_classes_when_given():
+    assert visual.class_name(7) == "7" and visual.class_name(0, ["T-shirt/top", "Trouser"]) == "T-shirt"
+    images, locations, labels = torch.zeros(1, *SHAPE), torch.zeros(1, 1, 2), torch.tensor([1])
+    by_index = draw_trajectories(images, locations, [8], labels, labels)[0]
+    by_name = draw_trajectories(images, locations, [8], labels, labels, class_names=["T-shirt/top", "Trouser"])[0]
+    assert coloured(by_name[:, :BAND], visual.RIGHT).any()  # right: in green
+    assert not torch.equal(by_index[:, :BAND], by_name[:, :BAND])  # another caption ...
+    assert torch.equal(by_index[:, BAND:], by_name[:, BAND:])  # ... above the same picture
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_pictures_name_the_garments(monkeypatch):
+    """The band says 'true Sneaker / pred Bag', not 'true 7 / pred 8'.
+
+    The data's class names, as far as any '/': 'T-shirt/top' is 'T-shirt'."""
+    data = GlimpseData(make_cfg("data=fashion_mnist", "data.eval_limit=16").data, seed=0)
+    assert data.class_names == tuple(torchvision.datasets.FashionMNIST.classes)
+    images, labels = next(data.eval_batches("test", 4))
+    model = build_model(make_cfg("data=fashion_mnist"), SHAPE, data.classes)
+    written = []  # every text drawn on the pictures
+    draw_text = ImageDraw.ImageDraw.text
+
+    def text(draw, xy, words, *args, **kwargs):
+        written.append(words)
+        return draw_text(draw, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    pictures(model, images, labels, class_names=data.class_names)
+    garments = [data.class_names[y].split("/")[0] for y in labels.tolist()]
+    names = {n.split("/")[0] for n in data.class_names}
+    captions = [w for w in written if w.startswith("true ")]
+    for garment in garments:  # the trajectory's caption, and each video frame's (the prediction in the last)
+        assert any(c.startswith(f"true {garment} / pred ") and c.split(" / pred ")[1] in names for c in captions)
+    assert not any(c.split()[1].isdigit() for c in captions)
+
+
 # ---------------------------------------------------------------- TensorBoard
 
 
@@ -176,7 +237,7 @@ def read_events(folder: Path) -> EventAccumulator:
     return acc
 
 
-def test_log_pictures_for_ram_writes_trajectories_patches_and_videos(tmp_path):
+def test_log_pictures_for_ram_writes_one_grid_of_all_images_per_kind(tmp_path):
     cfg = make_cfg("sensor.scales=2")
     model = build_model(cfg, SHAPE, 10)
     images, labels = digits(3)
@@ -185,19 +246,22 @@ def test_log_pictures_for_ram_writes_trajectories_patches_and_videos(tmp_path):
         log_pictures(writer, model, images, labels, step=7)
     assert model.training  # given back in the mode it came in
     acc = read_events(tmp_path)
-    tags = set(acc.Tags()["images"])
-    assert tags == {f"glimpses/{i}/{kind}" for i in range(3) for kind in ("trajectory", "patches", "video")}
+    # Three cards, all in the group 'visual', which TensorBoard's Time Series lists after the scalars' groups.
+    assert set(acc.Tags()["images"]) == {"visual/trajectories", "visual/patches", "visual/episodes"}
+    drawn = pictures(model, images, labels)
+    trajectories = acc.Images("visual/trajectories")[0]
+    assert trajectories.step == 7 and Image.open(io.BytesIO(trajectories.encoded_image_string)).format == "PNG"
+    assert torch.equal(decoded(trajectories), tile(drawn["trajectory"]))  # the three in a row, 4 white pixels apart
+    assert (trajectories.width, trajectories.height) == (3 * 28 * K + 2 * 4, BAND + 28 * K)
+    patches = acc.Images("visual/patches")[0]  # in the trajectories' grid: image i at the same place
+    assert torch.equal(decoded(patches), tile(drawn["patches"], columns=3))
     steps, scales = cfg.model.glimpses, 2
-    trajectory = acc.Images("glimpses/0/trajectory")[0]
-    assert (trajectory.step, trajectory.width, trajectory.height) == (7, 28 * K, BAND + 28 * K)
-    assert Image.open(io.BytesIO(trajectory.encoded_image_string)).format == "PNG"
-    patches = acc.Images("glimpses/2/patches")[0]
     cell = visual.scale_factor(8, 8, 48) * 8 + 6
-    assert (patches.step, patches.width, patches.height) == (7, steps * cell, BAND + scales * cell)
-    video = acc.Images("glimpses/1/video")[0]  # torch's add_video: an image summary holding a GIF
+    assert (patches.width, patches.height) == (3 * steps * cell + 2 * 4, BAND + scales * cell)
+    video = acc.Images("visual/episodes")[0]  # torch's add_video: an image summary holding a GIF
     gif = Image.open(io.BytesIO(video.encoded_image_string))
     assert gif.format == "GIF" and gif.n_frames == steps and video.step == 7
-    assert gif.size == (video.width, video.height) == (frame_width(scales), BAND + 28 * K)
+    assert gif.size == (video.width, video.height) == (3 * frame_width(scales) + 2 * 4, BAND + 28 * K)
 
 
 def test_without_moviepy_the_video_is_a_film_strip_and_one_warning(tmp_path, monkeypatch, caplog):
@@ -214,10 +278,11 @@ def test_without_moviepy_the_video_is_a_film_strip_and_one_warning(tmp_path, mon
         visual.has_moviepy.cache_clear()
     warnings = [r for r in caplog.records if "moviepy" in r.getMessage()]
     assert len(warnings) == 1
-    strip = read_events(tmp_path).Images("glimpses/0/video")
+    strips = read_events(tmp_path).Images("visual/episodes")  # row i: image i's frames, left to right
     t = make_cfg().model.glimpses
-    assert [e.step for e in strip] == [1, 2] and strip[0].width == t * frame_width(1) + (t - 1) * 4
-    assert Image.open(io.BytesIO(strip[0].encoded_image_string)).format == "PNG"
+    assert [e.step for e in strips] == [1, 2] and strips[0].width == t * frame_width(1) + (t - 1) * 4
+    assert strips[0].height == 2 * (BAND + 28 * K) + 4
+    assert Image.open(io.BytesIO(strips[0].encoded_image_string)).format == "PNG"
 
 
 def test_soft_logs_attention_maps_and_fc_logs_nothing(tmp_path):
@@ -229,10 +294,12 @@ def test_soft_logs_attention_maps_and_fc_logs_nothing(tmp_path):
     with SummaryWriter(str(tmp_path / "fc")) as writer:
         log_pictures(writer, fc, images, labels, step=3)
     acc = read_events(tmp_path / "soft")
-    assert set(acc.Tags()["images"]) == {"attention/0", "attention/1"}
-    maps = acc.Images("attention/1")[0]
+    assert acc.Tags()["images"] == ["visual/attention"]
+    maps = acc.Images("visual/attention")[0]  # both images' maps side by side
     t, heads, k = soft.glimpses, soft.heads, visual.scale_factor(28, 28, 112)
-    assert maps.step == 3 and maps.width == t * (28 * k + 2) - 2 and maps.height == BAND + (heads + 1) * (28 * k + 2) - 2
+    width, height = t * (28 * k + 2) - 2, BAND + (heads + 1) * (28 * k + 2) - 2  # one image's
+    assert (maps.step, maps.width, maps.height) == (3, 2 * width + 4, height)
+    assert torch.equal(decoded(maps), tile(pictures(soft, images, labels)["attention"]))
     assert read_events(tmp_path / "fc").Tags()["images"] == []
 
 
@@ -249,7 +316,8 @@ def test_hparams_are_written_in_the_run_folder_itself(tmp_path):
     values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
     assert values["model.name"] == "soft" and values["data.name"] == "mnist" and values["sensor.patch"] == 6
     assert values["model.heads"] == 4 and values["data.train_limit"] == 512 and values["data.position"] == "None"
-    assert "data.root" not in values and not any(k.startswith("hydra") for k in values)
+    assert not set(values) & RESULT_NEUTRAL_KEYS and not any(k.startswith("hydra") for k in values)  # how, not what
+    assert "trainer.visual_every" not in values and "data.root" not in values and "trainer.lr" in values
     for tag, value in {"test/error": 1.5, "test/error_greedy": 2.5, "val/error_best": 1.25, "test/pixels_per_image": 784.0}.items():
         assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(99, value)]
 
@@ -304,13 +372,14 @@ def test_tensorboard_serves_the_pictures_and_the_hparams_table(tmp_path):
         deadline = time.monotonic() + 120
         while True:  # it loads the event files in the background: wait until both runs show their pictures
             tags = json.loads(fetch(f"{base}/data/plugin/images/tags"))
-            if "glimpses/1/trajectory" in tags.get("ram", {}) and "attention/1" in tags.get("soft", {}):
+            if "visual/episodes" in tags.get("ram", {}) and "visual/attention" in tags.get("soft", {}):
                 break
             assert time.monotonic() < deadline, f"tensorboard never listed the pictures: {tags}"
             time.sleep(1)
-        assert {"glimpses/0/trajectory", "glimpses/0/patches", "glimpses/0/video"} <= set(tags["ram"])
+        assert set(tags["ram"]) == {"visual/trajectories", "visual/patches", "visual/episodes"}
 
-        for run, tag, size in [("ram", "glimpses/0/trajectory", (28 * K, BAND + 28 * K)), ("soft", "attention/0", None)]:
+        trajectories = (2 * 28 * K + 4, BAND + 28 * K)  # the two images side by side
+        for run, tag, size in [("ram", "visual/trajectories", trajectories), ("soft", "visual/attention", None)]:
             query = urllib.parse.urlencode({"run": run, "tag": tag})
             entries = json.loads(fetch(f"{base}/data/plugin/images/images?{query}"))
             assert [e["step"] for e in entries] == [5]

@@ -1,6 +1,6 @@
 """The retina: rho(x, l), a few multi-resolution square patches centred on l.
 
-Coordinates (DESIGN.md): a location is (x, y) in [-1, 1]^2, (-1, -1) the
+Coordinates (docs/design.md): a location is (x, y) in [-1, 1]^2, (-1, -1) the
 top-left corner of the image, (1, 1) the bottom-right. In pixel units the
 centre is u = (x + 1) * W / 2, v = (y + 1) * H / 2 (pixel j covers [j, j + 1)),
 and a patch of side s covers the s pixels starting at floor(u - s/2 + 1/2).

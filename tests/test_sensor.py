@@ -1,4 +1,4 @@
-"""The retina against a slow per-sample reference written straight from DESIGN.md's definition."""
+"""The retina against a slow per-sample reference written straight from docs/design.md's definition."""
 
 import math
 

@@ -70,13 +70,15 @@ def resume_with_other_config(folder: Path) -> list[str]:
     from glimpse.config import compose_config
 
     saved = OmegaConf.to_container(compose_config([f"data.root={data_root()}", "model.hidden=64"]), resolve=True)
-    checkpoint.save({"config": saved, "model": {}, "optimizer": {}, "scheduler": {}, "progress": {}}, folder / "run" / "checkpoints" / "last.pt")
+    checkpoint.save({"config": saved, "model": {}, "optimizer": {}, "scheduler": {}, "progress": {}},
+                    folder / "run" / "checkpoints" / "last.pt")
     return ["glimpse.train", "hydra.run.dir=run", "trainer.resume=true"]
 
 
 # (what the user did, how to set it up in the folder -> the command's module and arguments)
 Case = tuple[str, Callable[[Path], list[str]]]
-CASES: list[Case] = [(f"`{o}`", (lambda o: lambda f: ["glimpse.train", o])(o)) for o in BAD_CONFIG]
+# the outer lambda takes o as its argument, so the inner one closes over that, not over the loop variable
+CASES: list[Case] = [(f"`{o}`", (lambda o: lambda f: ["glimpse.train", o])(o)) for o in BAD_CONFIG]  # noqa: B023
 CASES += [
     ("`data.canvas=20` (smaller than the digit)", lambda f: ["glimpse.train", "data.canvas=20", "hydra.run.dir=run"]),
     ("`data.position=[50,50]` (digit off the 60x60 canvas)",
@@ -85,8 +87,10 @@ CASES += [
     ("dataset folder missing", lambda f: ["glimpse.train", f"data.root={f / 'nowhere'}", "hydra.run.dir=run"]),
     ("dataset with the test files missing",
      lambda f: ["glimpse.train", f"data.root={copy_mnist(f, 'test files missing')}", "hydra.run.dir=run"]),
-    ("dataset files truncated", lambda f: ["glimpse.train", f"data.root={copy_mnist(f, 'truncated files')}", "hydra.run.dir=run"]),
-    ("`data=cifar10` without its files", lambda f: ["glimpse.train", "data=cifar10", f"data.root={f}", "hydra.run.dir=run"]),
+    ("dataset files truncated",
+     lambda f: ["glimpse.train", f"data.root={copy_mnist(f, 'truncated files')}", "hydra.run.dir=run"]),
+    ("`data=cifar10` without its files",
+     lambda f: ["glimpse.train", "data=cifar10", f"data.root={f}", "hydra.run.dir=run"]),
     ("resume with a different model config", resume_with_other_config),
     ("evaluate: an empty folder", lambda f: (f / "empty").mkdir() or ["glimpse.evaluate", "empty"]),
     ("evaluate: a folder that does not exist", lambda f: ["glimpse.evaluate", "no/such/folder"]),
@@ -100,7 +104,8 @@ CASES += [(f"evaluate: best.pt holds {label}", (lambda w: lambda f: ["glimpse.ev
           for what, label in BAD_CHECKPOINTS.items()]
 CASES += [
     ("bench: `mode=fast`", lambda f: ["glimpse.bench", "mode=fast"]),
-    ("bench: `--models ram,transformer` in `mode=scaling`", lambda f: ["glimpse.bench", "mode=scaling", "--models", "ram,transformer"]),
+    ("bench: `--models ram,transformer` in `mode=scaling`",
+     lambda f: ["glimpse.bench", "mode=scaling", "--models", "ram,transformer"]),
 ]
 
 
@@ -113,14 +118,16 @@ def main() -> int:
         try:
             module, *args = setup(folder)
             before = set(folder.iterdir())
-            out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=folder, env=env, timeout=600)
+            out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=folder,
+                                 env=env, timeout=600)
             lines = out.stderr.strip().splitlines() or [""]
             left = sorted(str(p.relative_to(folder)) for p in set(folder.iterdir()) - before)
             if (folder / "pwned").exists():
                 left.append("pwned (the pickle ran code!)")
             message = lines[-1].replace("|", "\\|")
             extra = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
-            print(f"| {i} | {what} | {message}{extra} | {out.returncode} | {'yes' if 'Traceback' in out.stderr else 'no'} "
+            print(f"| {i} | {what} | {message}{extra} | {out.returncode} "
+                  f"| {'yes' if 'Traceback' in out.stderr else 'no'} "
                   f"| {', '.join(left) or 'none'} |", flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -37,17 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", type=int, default=8, help="environments PPO collects from")
     parser.add_argument("--episodes", type=int, default=1000, help="test images scored at the end")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--override", action="append", default=[], help="a python -m glimpse.train override, e.g. data.train_limit=5000")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a python -m glimpse.train override, e.g. data.train_limit=5000")
     args = parser.parse_args(argv)
     try:
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
     except ImportError:
-        print('ppo_sb3: stable-baselines3 is not installed; install the extra: pip install -e ".[sb3]"', file=sys.stderr)
+        print('ppo_sb3: stable-baselines3 is not installed; install the extra: pip install -e ".[sb3]"',
+              file=sys.stderr)
         return 1
 
     try:
-        train_envs = make_vec_env(lambda: flat(gymnasium.make(args.env, overrides=args.override)), n_envs=args.envs, seed=args.seed)
+        train_envs = make_vec_env(lambda: flat(gymnasium.make(args.env, overrides=args.override)), n_envs=args.envs,
+                                  seed=args.seed)
         test_env = flat(gymnasium.make(args.env, split="test", overrides=args.override))
     except UserError as err:
         print(f"ppo_sb3: {err}", file=sys.stderr)

@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         result = ram_error(model, data, args.split, batch)
         out = {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": state.get("epoch"), "split": args.split,
                "start": model.eval_start, "episodes": result["episodes"],
-               f"{args.split}_error_greedy_env": result["error_greedy"], f"{args.split}_accuracy_env": 100.0 - result["error_greedy"]}
+               f"{args.split}_error_greedy_env": result["error_greedy"],
+               f"{args.split}_accuracy_env": 100.0 - result["error_greedy"]}
         if args.compare:
             # samples=1: only the greedy figure is wanted; it does not depend on the sampled runs.
-            evaluated = evaluate_model(model, data.eval_batches(args.split, batch), 1, seeded(cfg.seed, "eval", args.split, device=data.device))
+            evaluated = evaluate_model(model, data.eval_batches(args.split, batch), 1,
+                                       seeded(cfg.seed, "eval", args.split, device=data.device))
             out[f"{args.split}_error_greedy_evaluate"] = evaluated["error_greedy"]
     except UserError as err:
         print(f"ram_policy: {err}", file=sys.stderr)

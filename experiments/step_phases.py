@@ -69,7 +69,8 @@ def main(batch_sizes: list[int], overrides: list[str], steps: int = 30, repeats:
     cfg = compose_config(overrides or ["experiment=ram_mnist"])
     times = {b: {name: [] for name in PHASES} for b in batch_sizes}
     interleaved({str(b): stepper(cfg, b, times[b]) for b in batch_sizes}, steps, repeats, torch.device("cpu"))
-    out = {"overrides": overrides or ["experiment=ram_mnist"], "threads": torch.get_num_threads(), "steps": steps, "repeats": repeats}
+    out = {"overrides": overrides or ["experiment=ram_mnist"], "threads": torch.get_num_threads(), "steps": steps,
+           "repeats": repeats}
     for b in batch_sizes:
         kept = {name: v[steps:] for name, v in times[b].items()}  # the warm-up round's steps dropped
         ms = {name: round(1e3 * statistics.median(v), 3) for name, v in kept.items()}

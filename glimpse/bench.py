@@ -53,7 +53,8 @@ def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
     return (time.perf_counter() - tic) / steps
 
 
-def interleaved(parts: dict[str, Callable[[], object]], steps: int, repeats: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved(parts: dict[str, Callable[[], object]], steps: int, repeats: int,
+                device: torch.device) -> dict[str, list[float]]:
     """Seconds per call of each part, one figure per repeat, the parts taking turns within each repeat.
 
     On a shared machine the speed drifts; parts timed side by side see the same
@@ -105,7 +106,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         next(stream)
 
     sensor = getattr(model, "sensor", None)
-    cpu = device.type == "cpu"  # CPU ops run synchronously: a clock inside the step sees their work (elsewhere: timed alone)
+    # CPU ops run synchronously: a clock inside the step sees their work (elsewhere: timed alone)
+    cpu = device.type == "cpu"
     if cpu and sensor is not None:
         def started(*_) -> None:
             clock["start"] = time.perf_counter()
@@ -142,7 +144,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     parts_timed = ("data", "sensor")
     # each part timed alone (the data stream; the sensor's T calls on one warm batch), over the step
     alone = {part: statistics.median(p / s for p, s in zip(t[part], t["train"])) for part in parts_timed}
-    if cpu:  # inside the training steps: each repeat's summed data, sensor and step seconds (the warm-up round's dropped)
+    if cpu:
+        # inside the training steps: each repeat's summed data, sensor and step seconds (the warm-up round's dropped)
         sums = [[sum(column) for column in zip(*inside[steps * (r + 1) : steps * (r + 2)])] for r in range(repeats)]
         per_step = {part: statistics.median(s[i] / steps for s in sums) for i, part in enumerate(parts_timed)}
         share = {part: statistics.median(s[i] / s[2] for s in sums) for i, part in enumerate(parts_timed)}
@@ -173,7 +176,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         "macs_per_image": macs,
         "train_gflop_per_second": flops / step / 1e9,
         "matmul_gflop_per_second": peak,
-        "fraction_of_matmul_rate": statistics.median(flops / x / (2 * b * 512 * 256 / m_) for x, m_ in zip(t["train"], t["matmul"])),
+        "fraction_of_matmul_rate": statistics.median(flops / x / (2 * b * 512 * 256 / m_)
+                                                     for x, m_ in zip(t["train"], t["matmul"])),
     }
 
 
@@ -187,7 +191,8 @@ def scaling(models: tuple[str, ...] = MODELS, sizes: tuple[int, ...] = SIZES, ba
     base = compose_config(extra)
     digits, _ = load_source(base.data.source, base.data.root or default_root(), train=False)
     device = resolve_device(base.device)
-    out: dict = {"batch": batch, "repeats": repeats, "device": str(device), "threads": torch.get_num_threads(), "models": {}}
+    out: dict = {"batch": batch, "repeats": repeats, "device": str(device), "threads": torch.get_num_threads(),
+                 "models": {}}
     for name in models:
         cfg = compose_config([f"experiment={name}_mnist", *extra])
         built = {}
@@ -199,9 +204,10 @@ def scaling(models: tuple[str, ...] = MODELS, sizes: tuple[int, ...] = SIZES, ba
             built[size] = (build_model(cfg, tuple(images.shape[1:]), 10).to(device).eval(), images)
         # The sizes take turns within each repeat, so a drift in the machine's speed hits them alike.
         with torch.no_grad():
-            t = interleaved({size: (lambda m=m, x=x: m(x, greedy=True)) for size, (m, x) in built.items()}, 1, repeats, device)
-        rows = [{"size": size, "seconds_per_image": statistics.median(t[size]) / batch, "macs_per_image": macs_per_image(m, x),
-                 "params": params(m)} for size, (m, x) in built.items()]
+            t = interleaved({size: (lambda m=m, x=x: m(x, greedy=True)) for size, (m, x) in built.items()},
+                            1, repeats, device)
+        rows = [{"size": size, "seconds_per_image": statistics.median(t[size]) / batch,
+                 "macs_per_image": macs_per_image(m, x), "params": params(m)} for size, (m, x) in built.items()]
         del built
         out["models"][name] = rows
     return out
@@ -215,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="mode=scaling: canvas sides")
     parser.add_argument("--env-id", default="glimpse/ClutteredMNIST100-v0", help="mode=env: the registered environment")
     parser.add_argument("--num-envs", type=int, default=1024, help="mode=env: environments stepped together")
-    parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m glimpse.train; mode=scaling for the scaling table")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides, as for python -m glimpse.train; mode=scaling for the scaling table")
     args = parser.parse_args(argv)
     mode = "throughput"
     for o in [o for o in args.overrides if o.startswith("mode=")]:
@@ -227,14 +234,16 @@ def main(argv: list[str] | None = None) -> int:
             for m in models:
                 if m not in MODELS:
                     raise ConfigError("--models", m, ", ".join(MODELS))
-            result = scaling(models, tuple(int(x) for x in args.sizes.split(",")), repeats=args.repeats, extra=args.overrides)
+            result = scaling(models, tuple(int(x) for x in args.sizes.split(",")), repeats=args.repeats,
+                             extra=args.overrides)
         elif mode == "env":
             from glimpse.env import vector_steps_per_second
 
             env_id, num_envs = args.env_id, args.num_envs
             rates = [vector_steps_per_second(env_id, num_envs, args.steps) for _ in range(args.repeats)]
-            result = {"mode": "env", "env_id": env_id, "num_envs": num_envs, "steps": args.steps, "threads": torch.get_num_threads(),
-                      "env_steps_per_second": statistics.median(rates), "env_steps_per_second_repeats": [round(r) for r in rates]}
+            result = {"mode": "env", "env_id": env_id, "num_envs": num_envs, "steps": args.steps,
+                      "threads": torch.get_num_threads(), "env_steps_per_second": statistics.median(rates),
+                      "env_steps_per_second_repeats": [round(r) for r in rates]}
         elif mode == "throughput":
             result = bench(compose_config(args.overrides), args.steps, args.repeats)
         else:

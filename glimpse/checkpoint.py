@@ -18,7 +18,8 @@ FORMAT = "glimpse-checkpoint-1"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a temp file beside `path`, then rename it over `path`: readers see old or new, never half."""
+    """Call `write(file)` on a temp file beside `path`, then rename it over `path`: readers see old or new,
+    never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -51,7 +52,8 @@ def save(payload: dict[str, Any], path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("config", "model")) -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu",
+         required: tuple[str, ...] = ("config", "model")) -> dict[str, Any]:
     """Read a checkpoint written by `save`; anything else is refused with one line naming the file.
 
     weights_only=True: a pickle that would run code, a truncated file or random bytes are refused, not executed.
@@ -74,7 +76,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", required: t
         elif "Weights only load failed" in str(err):  # a pickle of arbitrary objects: refused, nothing in it was run
             why = "it holds Python objects other than tensors and plain data; weights_only loading refused them"
         elif head[:2] == b"PK":  # torch.save's zip archive, cut short or damaged
-            why = "a truncated or damaged zip archive; glimpse writes checkpoints atomically, so another program wrote or cut it"
+            why = ("a truncated or damaged zip archive; glimpse writes checkpoints atomically, "
+                   "so another program wrote or cut it")
         else:
             why = f"{type(err).__name__}: {first_line}"
         raise UserError(f"checkpoint {path} is unreadable or not a glimpse checkpoint ({why})") from None

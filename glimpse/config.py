@@ -212,7 +212,8 @@ def validate(cfg: DictConfig) -> None:
             positive_int(f"model.{key}")
     if "heads" in model_keys and cfg.model.hidden % cfg.model.heads:
         raise ConfigError("model.heads", cfg.model.heads, f"a divisor of model.hidden ({cfg.model.hidden})")
-    if "channels" in model_keys and not (len(cfg.model.channels) == 2 and all(_is_int(c) and c > 0 for c in cfg.model.channels)):
+    if "channels" in model_keys and not (len(cfg.model.channels) == 2
+                                         and all(_is_int(c) and c > 0 for c in cfg.model.channels)):
         raise ConfigError("model.channels", list(cfg.model.channels), "two positive integers")
     v = _get(cfg, "trainer.lr")
     if not (_is_number(v) and v > 0):

@@ -72,7 +72,8 @@ def open_source(name: str, root: str | Path, train: bool, download: bool = False
             ) from None
         if download:  # a second try with download=true would fail the same way: the way out is the files themselves
             raise UserError(
-                f"dataset {name} not found in {where} and its download failed ({cause}); check the network, or put the files in {where} yourself, "
+                f"dataset {name} not found in {where} and its download failed ({cause}); check the network, "
+                f"or put the files in {where} yourself, "
                 f"or point data.root=<folder> or GLIMPSE_DATA=<folder> at a folder holding {top}/"
             ) from None
         raise UserError(
@@ -155,9 +156,10 @@ def make_canvas(
     return draw(images, size, top, left, pool, other, cy, cx, py, px, d)
 
 
-def canvas_torch(images: Tensor, size: int, top: Tensor, left: Tensor, pool: Tensor, other: Tensor, cy: Tensor, cx: Tensor,
-                 py: Tensor, px: Tensor, d: int) -> Tensor:
-    """`kernels.paste` in torch ops (any device): `images` at (top, left) and the pieces (B, K), summed in int16, capped at 255."""
+def canvas_torch(images: Tensor, size: int, top: Tensor, left: Tensor, pool: Tensor, other: Tensor, cy: Tensor,
+                 cx: Tensor, py: Tensor, px: Tensor, d: int) -> Tensor:
+    """`kernels.paste` in torch ops (any device): `images` at (top, left) and the pieces (B, K), summed in int16,
+    capped at 255."""
     b, c, h, w = images.shape
     dev = images.device
     canvas = torch.zeros(b, c, size, size, dtype=torch.int16, device=dev)
@@ -166,7 +168,8 @@ def canvas_torch(images: Tensor, size: int, top: Tensor, left: Tensor, pool: Ten
     windows(canvas, h, w)[rows, :, top, left] = images.to(torch.int16)
     if other.shape[1]:
         pieces = windows(pool, d, d)[other, :, cy, cx].to(torch.int16)  # (B, K, C, d, d): whole pieces, one index op
-        # flat canvas positions of every piece pixel: each piece's top-left corner plus the offsets of its C x d x d pixels
+        # flat canvas positions of every piece pixel: each piece's top-left corner plus the offsets of its
+        # C x d x d pixels
         within = torch.arange(d, device=dev)
         offsets = torch.arange(c, device=dev)[:, None, None] * size * size + within[:, None] * size + within
         flat = (((rows[:, None] * c * size + py) * size + px)[:, :, None] + offsets.flatten()).flatten()
@@ -185,12 +188,14 @@ class Split:
 
 
 def check_fits(cfg, height: int, width: int) -> None:
-    """Checks against the images (before any canvas is drawn): the canvas holds the image, a fixed position keeps it on."""
+    """Checks against the images (before any canvas is drawn): the canvas holds the image, a fixed position
+    keeps it on."""
     canvas, pos = cfg.get("canvas"), cfg.get("position")
     if canvas is not None and canvas < max(height, width):
         raise ConfigError("data.canvas", canvas, f"null or at least the image side ({max(height, width)})")
     if pos is not None and (pos[0] + height > canvas or pos[1] + width > canvas):
-        raise ConfigError("data.position", list(pos), f"a top-left pixel that keeps the {height}x{width} image on the {canvas}x{canvas} canvas")
+        raise ConfigError("data.position", list(pos),
+                          f"a top-left pixel that keeps the {height}x{width} image on the {canvas}x{canvas} canvas")
     if cfg.get("distractor_size", 0) > min(height, width):
         raise ConfigError("data.distractor_size", cfg.distractor_size, f"at most the image side ({min(height, width)})")
 

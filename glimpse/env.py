@@ -68,7 +68,8 @@ def register_envs() -> None:
         env_id = f"glimpse/{name}-v0"
         if env_id not in gymnasium.registry:
             gymnasium.register(
-                env_id, entry_point="glimpse.env:GlimpseEnv", vector_entry_point="glimpse.env:GlimpseVectorEnv", kwargs=kwargs
+                env_id, entry_point="glimpse.env:GlimpseEnv", vector_entry_point="glimpse.env:GlimpseVectorEnv",
+                kwargs=kwargs
             )
 
 
@@ -174,7 +175,8 @@ class _Episodes:
         self.reward_every_step, self.name = reward_every_step, name
         self.device = data.device
         # Drawn into in place at every reset: the memory is touched once, not allocated per episode.
-        self.images = torch.zeros(batch, *data.image_shape, dtype=torch.uint8, device=self.device)  # as the data layer serves them
+        # the images as the data layer serves them
+        self.images = torch.zeros(batch, *data.image_shape, dtype=torch.uint8, device=self.device)
         self.labels = torch.zeros(batch, dtype=torch.int64, device=self.device)
         self.location = torch.zeros(batch, 2, device=self.device)
         self.index = np.zeros(batch, np.int64)
@@ -190,7 +192,8 @@ class _Episodes:
 
         loc = torch.as_tensor(location, dtype=torch.float32, device=self.device)
         if loc.numel() != 2 * self.batch or loc.isnan().any():
-            raise ValueError(f"{self.name}: a start location is (x, y) in [-1, 1]^2, one per episode; got {location!r:.80}")
+            raise ValueError(f"{self.name}: a start location is (x, y) in [-1, 1]^2, one per episode; "
+                             f"got {location!r:.80}")
         self.index = np.asarray(index, np.int64)
         idx = torch.as_tensor(self.index, device=self.device)
         self.generator.manual_seed(canvas_seed)
@@ -198,7 +201,8 @@ class _Episodes:
         for lo in range(0, self.batch, DRAW_CHUNK):
             i = idx[lo : lo + DRAW_CHUNK]
             # Training images get fresh canvases every episode; validation and test read the canvases drawn once.
-            self.images[lo : lo + DRAW_CHUNK] = self.data.draw(self.split, i, self.generator) if self.fresh else stored[i]
+            self.images[lo : lo + DRAW_CHUNK] = (self.data.draw(self.split, i, self.generator) if self.fresh
+                                                 else stored[i])
         self.labels = self.split.labels[idx]
         self.location = loc.reshape(self.batch, 2).clamp(-1, 1)
         self.t = 1
@@ -212,18 +216,21 @@ class _Episodes:
         loc = torch.as_tensor(location, dtype=torch.float32, device=self.device)
         pred = torch.as_tensor(prediction, device=self.device)
         if loc.numel() != 2 * b:
-            raise ValueError(f"{n}: action['location'] has shape {tuple(loc.shape)}; expected {(b, 2) if b > 1 else (2,)}")
+            raise ValueError(f"{n}: action['location'] has shape {tuple(loc.shape)}; "
+                             f"expected {(b, 2) if b > 1 else (2,)}")
         if pred.numel() != b or pred.dtype.is_floating_point or pred.dtype.is_complex or pred.dtype == torch.bool:
             raise ValueError(f"{n}: action['prediction'] is {pred.dtype} of shape {tuple(pred.shape)}; "
                              f"expected integer class indices in [0, {self.classes}) of shape {(b,) if b > 1 else ()}")
         loc, pred = loc.reshape(b, 2), pred.reshape(b)
-        nan, outside = torch.stack((loc.isnan().any(), ((pred < 0) | (pred >= self.classes)).any())).tolist()  # one sync
+        # both checks in one sync
+        nan, outside = torch.stack((loc.isnan().any(), ((pred < 0) | (pred >= self.classes)).any())).tolist()
         if nan:
             raise ValueError(f"{n}: action['location'] contains NaN; a location is (x, y) in [-1, 1]^2 "
                              "(values outside are clipped into it, NaN cannot be)")
         if outside:
             bad = pred[(pred < 0) | (pred >= self.classes)][0].item()
-            raise ValueError(f"{n}: action['prediction']={bad} is not a class; allowed: an integer in [0, {self.classes})")
+            raise ValueError(f"{n}: action['prediction']={bad} is not a class; "
+                             f"allowed: an integer in [0, {self.classes})")
         return loc.clamp(-1, 1), pred
 
     def advance(self, location: Tensor, prediction: Tensor) -> tuple[Tensor, Tensor, bool, Tensor]:
@@ -385,7 +392,8 @@ class GlimpseEnv(gymnasium.Env):
         """Images in the split: `reset(options=...)` takes their positions 0 .. num_images - 1."""
         return len(self._episodes)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
         super().reset(seed=seed)
         options = options or {}
         ep = self._episodes
@@ -393,7 +401,8 @@ class GlimpseEnv(gymnasium.Env):
         if index is None:
             index = int(self.np_random.integers(len(ep)))
         elif not 0 <= int(index) < len(ep):
-            raise ValueError(f"{type(self).__name__}: options['index']={index}; allowed: 0 to {len(ep) - 1} ({self.split} split)")
+            raise ValueError(f"{type(self).__name__}: options['index']={index}; "
+                             f"allowed: 0 to {len(ep) - 1} ({self.split} split)")
         location = options.get("location")
         if location is None:
             location = _start_locations(self.start, self.np_random, 1)
@@ -404,7 +413,8 @@ class GlimpseEnv(gymnasium.Env):
     def step(self, action: dict[str, Any]) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         ep = self._episodes
         if ep.t == 0 or self._done:
-            raise gymnasium.error.ResetNeeded(f"{type(self).__name__}: call reset() before step() (the episode has ended)")
+            raise gymnasium.error.ResetNeeded(f"{type(self).__name__}: call reset() before step() "
+                                              "(the episode has ended)")
         location, prediction = ep.check(*_unpack(action, type(self).__name__))
         glimpse, reward, terminated, correct = ep.advance(location, prediction)
         info: dict[str, Any] = {"index": int(ep.index[0])}
@@ -446,7 +456,8 @@ def _unpack(action: Any, name: str) -> tuple[Any, Any]:
     try:
         return action["location"], action["prediction"]
     except (TypeError, KeyError, IndexError):
-        raise ValueError(f"{name}: an action is a dict with 'location' (x, y) and 'prediction' (a class); got {action!r:.80}") from None
+        raise ValueError(f"{name}: an action is a dict with 'location' (x, y) and 'prediction' (a class); "
+                         f"got {action!r:.80}") from None
 
 
 class GlimpseVectorEnv(VectorEnv):
@@ -532,7 +543,8 @@ class GlimpseVectorEnv(VectorEnv):
         else:
             indices = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices, np.int64)
             if indices.shape != (n,) or indices.min() < 0 or indices.max() >= len(ep):
-                raise ValueError(f"{name}: options['indices'] must be {n} image positions in 0..{len(ep) - 1} ({self.split} split)")
+                raise ValueError(f"{name}: options['indices'] must be {n} image positions in 0..{len(ep) - 1} "
+                                 f"({self.split} split)")
         locations = options.get("locations")
         if locations is None:
             locations = _start_locations(self.start, self.np_random, n)
@@ -543,7 +555,8 @@ class GlimpseVectorEnv(VectorEnv):
     def _begin_again(self) -> Tensor:
         ep, n = self._episodes, self.num_envs
         indices = self.np_random.integers(len(ep), size=n)
-        return ep.begin(indices, _start_locations(self.start, self.np_random, n), int(self.np_random.integers(2**63 - 1)))
+        return ep.begin(indices, _start_locations(self.start, self.np_random, n),
+                        int(self.np_random.integers(2**63 - 1)))
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, Any, Any, Any, dict]:
         import torch
@@ -636,7 +649,8 @@ class RAMPolicy:
             return {"location": m.location_net(h), "prediction": m.action_net(h).argmax(1)}
 
 
-def ram_error(model: RAM, data: GlimpseData, split: str = "test", batch_size: int = 1000, start: str | None = None) -> dict[str, float]:
+def ram_error(model: RAM, data: GlimpseData, split: str = "test", batch_size: int = 1000,
+              start: str | None = None) -> dict[str, float]:
     """Error (%) of a trained RAM played greedily through GlimpseVectorEnv on every image of `split`, in order.
 
     The images go in batches of `batch_size` in the order of `GlimpseData.eval_batches`

@@ -61,7 +61,8 @@ def evaluate_model(
     return out
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | None = None) -> tuple[nn.Module, dict, GlimpseData]:
+def load_run(run_dir: str | Path, which: str = "best",
+             device: str | None = None) -> tuple[nn.Module, dict, GlimpseData]:
     """The model of a run folder's checkpoint, its config and its data, on `device` (None: the run's own `device` key).
 
     Sampled-policy errors reproduce exactly on the kind of device the run trained on: CPU and
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder written by python -m glimpse.train")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: the run's own device key; auto is CUDA when present)")
+    parser.add_argument("--device",
+                        help="cpu, cuda, ... (default: the run's own device key; auto is CUDA when present)")
     args = parser.parse_args(argv)
     try:
         model, state, data = load_run(args.run, args.checkpoint, args.device)
@@ -106,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"glimpse.evaluate: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint, "epoch": state.get("epoch"), "split": args.split,
-                      f"{args.split}_error": result["error"], f"{args.split}_error_greedy": result["error_greedy"]}))
+    print(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint, "epoch": state.get("epoch"),
+                      "split": args.split, f"{args.split}_error": result["error"],
+                      f"{args.split}_error_greedy": result["error_greedy"]}))
     return 0
 
 

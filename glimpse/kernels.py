@@ -31,7 +31,8 @@ def _threads() -> None:
 
 @intrinsic
 def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
-    """a * b + c rounded once (LLVM's llvm.fma), as torch's addcmul computes the grid_sample path's origins on the CPU."""
+    """a * b + c rounded once (LLVM's llvm.fma), as torch's addcmul computes the grid_sample path's origins on
+    the CPU."""
     if not (a == b == c and isinstance(a, types.Float)):
         return None
 
@@ -43,7 +44,8 @@ def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _read(images, locations, half, shift, taps, weights, single, divisor, out):  # pragma: no cover - compiled
-    """out[i, j, s, c, ky, kx] = sum_a,b wy[ky, a] wx[kx, b] images[i, c, oy + taps[s, ky, a], ox + taps[s, kx, b]] / divisor.
+    """out[i, j, s, c, ky, kx] = sum_a,b wy[ky, a] wx[kx, b] images[i, c, oy + taps[s, ky, a], ox + taps[s, kx, b]]
+    / divisor.
 
     images (B, C, H, W) uint8 or float32; locations (B, N, 2) as (x, y); patch s's top-left pixel is
     (ox, oy) = floor(shift[s] + locations[i, j] * half), rounded once as `glimpse.sensor.read`'s addcmul rounds it;
@@ -86,7 +88,8 @@ def _read(images, locations, half, shift, taps, weights, single, divisor, out): 
                             top = x0 * np.float32(img[r0, c0]) + x1 * np.float32(img[r0, c1])
                             bottom = x0 * np.float32(img[r1, c0]) + x1 * np.float32(img[r1, c1])
                             o[ky, kx] = y0 * top + y1 * bottom
-                else:  # area: each point is its block's mean, the sum of its pixels inside the image times 1 / its sides
+                else:
+                    # area: each point is its block's mean, the sum of its pixels inside the image times 1 / its sides
                     cx0, cx1 = np.empty(n, np.int64), np.empty(n, np.int64)
                     sums = np.empty(n * m, np.float32)  # a window is at most n blocks of m pixels
                     for k in range(n):  # each block's columns inside the image: a run of whole pixels
@@ -133,7 +136,8 @@ def read(images: Tensor, locations: Tensor, half: Tensor, shift: Tensor, taps: n
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _paste(images, top, left, pool, other, cy, cx, py, px, d, out):  # pragma: no cover - compiled
-    """out[i] = images[i] at (top, left) plus pool[other[i, k]]'s d x d piece at (cy, cx) put at (py, px), capped at 255."""
+    """out[i] = images[i] at (top, left) plus pool[other[i, k]]'s d x d piece at (cy, cx) put at (py, px),
+    capped at 255."""
     b, c, h, w = images.shape
     size = out.shape[2]
     for i in prange(b):
@@ -155,7 +159,8 @@ def _paste(images, top, left, pool, other, cy, cx, py, px, d, out):  # pragma: n
 
 def paste(images: Tensor, size: int, top: Tensor, left: Tensor, pool: Tensor, other: Tensor, cy: Tensor, cx: Tensor,
           py: Tensor, px: Tensor, d: int) -> Tensor:
-    """uint8 canvases (B, C, size, size): `images` at (top, left), plus the clutter pieces (B, K), summed and capped at 255.
+    """uint8 canvases (B, C, size, size): `images` at (top, left), plus the clutter pieces (B, K), summed and
+    capped at 255.
 
     Adding one piece at a time and capping each sum equals capping the whole sum (every term is >= 0).
     """

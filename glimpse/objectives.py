@@ -21,12 +21,14 @@ def hybrid_loss(
     Returns the loss and its terms (detached) for logging.
     """
     ce = F.cross_entropy(episode.logits, labels)
-    reward = (episode.logits.detach().argmax(1) == labels).to(episode.logits.dtype)  # float64 models: mse_loss wants one dtype
+    # float64 models: mse_loss wants one dtype
+    reward = (episode.logits.detach().argmax(1) == labels).to(episode.logits.dtype)
     terms = {"loss/ce": ce.detach(), "reward": reward.mean()}
     if episode.log_pi is None:
         return ce, terms
     advantage = reward[:, None] - episode.baselines.detach()
     reinforce = -(episode.log_pi * advantage).sum(1).mean()
     baseline = F.mse_loss(episode.baselines, reward[:, None].expand_as(episode.baselines))
-    terms.update({"loss/reinforce": reinforce.detach(), "loss/baseline": baseline.detach(), "baseline": episode.baselines.detach().mean()})
+    terms.update({"loss/reinforce": reinforce.detach(), "loss/baseline": baseline.detach(),
+                  "baseline": episode.baselines.detach().mean()})
     return ce + reinforce_weight * reinforce + baseline_weight * baseline, terms

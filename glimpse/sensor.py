@@ -75,7 +75,8 @@ def _lattice(counts: tuple[int, ...], sides: tuple[int, ...], height: int, width
     bases, first = [], 0
     for i, (n, side) in enumerate(zip(counts, sides)):
         steps = (torch.arange(n, device=device, dtype=dtype) + 0.5) * (side / n)
-        offsets = torch.stack(torch.broadcast_tensors(steps[None, :], steps[:, None]), -1).reshape(-1, 2)  # (n * n, 2) as (x, y)
+        # (n * n, 2) as (x, y)
+        offsets = torch.stack(torch.broadcast_tensors(steps[None, :], steps[:, None]), -1).reshape(-1, 2)
         bases.append(offsets / half - 1)
         for xy in range(2):
             spread[i, xy, first : first + n * n, xy] = 1 / half[xy]
@@ -83,8 +84,10 @@ def _lattice(counts: tuple[int, ...], sides: tuple[int, ...], height: int, width
     return half, shift, torch.cat(bases).reshape(1, -1), spread.view(2 * len(sides), -1)
 
 
-def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str, snap: bool = True) -> Tensor:
-    """`images` (B, C, H, W) at counts[i]^2 points of each scale's window, for `locations` (B, N, 2): (B, C, N, sum counts^2).
+def read(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str,
+         snap: bool = True) -> Tensor:
+    """`images` (B, C, H, W) at counts[i]^2 points of each scale's window, for `locations` (B, N, 2):
+    (B, C, N, sum counts^2).
 
     One grid_sample for every scale and location, zero outside the image (uint8 images are made float first,
     the whole image: the CPU's `kernels.read` does not need that). mode="nearest" at
@@ -135,11 +138,12 @@ def _taps(counts: tuple[int, ...], sides: tuple[int, ...], mode: str) -> tuple[n
 
 def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: tuple[int, ...], mode: str,
              out: Tensor | None = None) -> Tensor:
-    """Snapped patches through `kernels.read` (CPU): (B, S, C, n, n) for `locations` (B, 2), (B, N, S, C, n, n) for (B, N, 2).
+    """Snapped patches through `kernels.read` (CPU): (B, S, C, n, n) for `locations` (B, 2), (B, N, S, C, n, n)
+    for (B, N, 2).
 
-    mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as `crop`).
-    The kernel places each patch as `read` does, floor(shift + l * half) rounded once, to the last bit. `out`, if
-    given, is written (the result's shape, any strides) and returned.
+    mode="bilinear" resizes as `sample` does, "area" as `area` does (and at counts == sides reads the pixels, as
+    `crop`). The kernel places each patch as `read` does, floor(shift + l * half) rounded once, to the last bit.
+    `out`, if given, is written (the result's shape, any strides) and returned.
     """
     locs, many = _with_n(locations)
     half, shift = _lattice(counts, sides, *images.shape[-2:], locs.device, locs.dtype)[:2]
@@ -151,7 +155,8 @@ def read_cpu(images: Tensor, locations: Tensor, counts: tuple[int, ...], sides: 
 
 
 def _kernel_reads(images: Tensor) -> bool:
-    """Whether `kernels.read` takes these images: on the CPU, in a dtype it reads (float64, say, keeps grid_sample's)."""
+    """Whether `kernels.read` takes these images: on the CPU, in a dtype it reads (float64, say, keeps
+    grid_sample's)."""
     return images.device.type == "cpu" and images.dtype in kernels.DIVISORS
 
 
@@ -209,7 +214,8 @@ def area(images: Tensor, locations: Tensor, patch: int, sides: tuple[int, ...]) 
     for side in sides:
         window = pixels[..., first : first + side * side]
         first += side * side
-        parts.append(window if side == patch else F.adaptive_avg_pool2d(window.reshape(-1, side, side), patch).view(*window.shape[:3], -1))
+        parts.append(window if side == patch
+                     else F.adaptive_avg_pool2d(window.reshape(-1, side, side), patch).view(*window.shape[:3], -1))
     return _patches(torch.cat(parts, -1) if len(parts) > 1 else parts[0], patch, len(sides), many)
 
 
@@ -234,14 +240,16 @@ def retina(
         raise ValueError("snap=False needs resize='bilinear': area windows are whole pixels")
     if snap and _kernel_reads(images):
         return read_cpu(images, locations, (patch,) * len(sides), sides, resize, out)
-    patches = sample(images, locations, patch, sides, snap) if resize == "bilinear" else area(images, locations, patch, sides)
+    patches = (sample(images, locations, patch, sides, snap) if resize == "bilinear"
+               else area(images, locations, patch, sides))
     return patches if out is None else out.copy_(patches)
 
 
 class Sensor(torch.nn.Module):
     """The glimpse sensor shared by every model that looks through glimpses and by the environments."""
 
-    def __init__(self, patch: int = 8, scales: int = 1, scale_factor: float = 2.0, resize: str = "area", snap: bool = True):
+    def __init__(self, patch: int = 8, scales: int = 1, scale_factor: float = 2.0, resize: str = "area",
+                 snap: bool = True):
         super().__init__()
         self.patch, self.scales, self.scale_factor, self.resize, self.snap = patch, scales, scale_factor, resize, snap
 
@@ -258,4 +266,5 @@ class Sensor(torch.nn.Module):
         return retina(images, locations, self.patch, self.scales, self.scale_factor, self.resize, self.snap, out)
 
     def extra_repr(self) -> str:
-        return f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}, resize={self.resize}, snap={self.snap}"
+        return (f"patch={self.patch}, scales={self.scales}, scale_factor={self.scale_factor}, resize={self.resize}, "
+                f"snap={self.snap}")

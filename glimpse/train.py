@@ -28,7 +28,15 @@ from tqdm.auto import tqdm
 
 from glimpse import checkpoint
 from glimpse.accounting import macs_per_image, params
-from glimpse.config import CONF_DIR, RESULT_NEUTRAL_KEYS, check_overrides, compose_config, flatten, resolve_device, validate
+from glimpse.config import (
+    CONF_DIR,
+    RESULT_NEUTRAL_KEYS,
+    check_overrides,
+    compose_config,
+    flatten,
+    resolve_device,
+    validate,
+)
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model, load_weights
@@ -40,7 +48,8 @@ from glimpse.visual import hparam_metrics, log_hparams, log_pictures
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(model: torch.nn.Module,
+                   cfg: DictConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Adam (fused kernels: one call updates every tensor) with a per-epoch cosine or constant schedule."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr, fused=True)
     if cfg.trainer.schedule == "cosine":
@@ -58,7 +67,8 @@ def mixed_precision(device: torch.device, precision: str = "fp32", cache: bool =
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               generator: torch.Generator, m: DictConfig, precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+               generator: torch.Generator, m: DictConfig,
+               precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
     """One Adam step on the hybrid loss of one episode; skipped when the loss or a gradient is not finite.
 
     Returns the loss, its terms (detached) and whether the weights were updated. `glimpse.bench`
@@ -74,7 +84,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 def backward(model: torch.nn.Module, episode: Callable[[], Episode], labels: torch.Tensor, m: DictConfig,
              precision: str = "fp32", cache: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """The hybrid loss of `episode()` (run under `mixed_precision`), backpropagated: the loss (detached), its terms, and `nonfinite`."""
+    """The hybrid loss of `episode()` (run under `mixed_precision`), backpropagated: the loss (detached), its terms,
+    and `nonfinite`."""
     with mixed_precision(labels.device, precision, cache):
         loss, terms = hybrid_loss(episode(), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
     loss.backward()
@@ -104,7 +115,8 @@ class GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m: DictConfig, precision: str = "fp32"):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m: DictConfig,
+                 precision: str = "fp32"):
         self.model, self.optimizer, self.m, self.precision = model, optimizer, m, precision
         device = next(model.parameters()).device
         self.lr, self.found_inf = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -113,7 +125,8 @@ class GraphedStep:
         self.steps = 0
         self.shape: torch.Size | None = None
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
         if self.shape is None:  # the first batch of a run is a full one
             self.shape, b = images.shape, len(labels)
             self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
@@ -147,8 +160,8 @@ class GraphedStep:
 
     def _step(self, capturing: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """train_step's body without a host decision: the episode, the loss, backward, Adam (a no-op if not finite)."""
-        loss, terms, bad = backward(self.model, lambda: self.model.episode(self.images, self.start, self.noise), self.labels, self.m,
-                                    self.precision, cache=False)
+        loss, terms, bad = backward(self.model, lambda: self.model.episode(self.images, self.start, self.noise),
+                                    self.labels, self.m, self.precision, cache=False)
         self.found_inf.copy_(bad)
         # Adam reads the device lr and found_inf only here; its groups keep float lrs for the schedule and checkpoints.
         groups = self.optimizer.param_groups
@@ -241,7 +254,8 @@ class RunFolder:
             raise UserError(f"run folder {self.path} already holds a run; continue it with trainer.resume=true "
                             "or start a new one in another folder (hydra.run.dir)")
         if resume and self.last.parent.is_dir():
-            checkpoint.remove_stale_temp_files(self.last.parent)  # a killed writer's leftovers; their targets are intact
+            # a killed writer's leftovers; their targets are intact
+            checkpoint.remove_stale_temp_files(self.last.parent)
         if resume and not self.last.is_file():  # killed before its first checkpoint (or a new folder): start over
             log.warning("trainer.resume=true but %s does not exist: starting from the beginning", self.last)
             return False
@@ -293,7 +307,8 @@ class Run:
         absent = {k: v for k, v in ADDED_KEYS.items() if k in current}  # a key this model does not have stays absent
         changed = checkpoint.config_differences(state["config"], self.config, ignore=RESULT_NEUTRAL_KEYS, absent=absent)
         if changed:
-            raise UserError(f"checkpoint {path} was written by a different config; differing keys: {'; '.join(changed)}")
+            raise UserError(f"checkpoint {path} was written by a different config; "
+                            f"differing keys: {'; '.join(changed)}")
         load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -302,10 +317,13 @@ class Run:
 
     def save_last(self, epoch: int, batch: int = 0, generator: torch.Generator | None = None, sums: dict | None = None,
                   images: int = 0, seconds: float = 0.0, skipped: int = 0) -> None:
-        """checkpoints/last.pt: the state after `batch` batches of epoch `epoch` (0-based; batch 0: the epoch's start)."""
-        self.progress.update(epoch=epoch, batch=batch, generator=generator.get_state() if generator is not None else None,
+        """checkpoints/last.pt: the state after `batch` batches of epoch `epoch` (0-based; batch 0: the epoch's
+        start)."""
+        self.progress.update(epoch=epoch, batch=batch,
+                             generator=generator.get_state() if generator is not None else None,
                              sums=dict(sums or {}), images=images, seconds=seconds, skipped=skipped)
-        checkpoint.save({"config": self.config, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        checkpoint.save({"config": self.config, "model": self.model.state_dict(),
+                         "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict(), "rng": {"torch": torch.get_rng_state()},
                          "progress": self.progress, "epoch": epoch}, self.folder.last)
         self.last_saved = time.monotonic()
@@ -378,7 +396,8 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
                                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **scalars})
     run.save_last(epoch + 1)
     log.info("epoch %d/%d: train ce %.4f, val error %.2f%% (greedy %.2f%%), %.0f images/s", epoch + 1, t.epochs,
-             scalars.get("train/loss/ce", math.nan), val["error"], val["error_greedy"], scalars["train/images_per_second"])
+             scalars.get("train/loss/ce", math.nan), val["error"], val["error_greedy"],
+             scalars["train/images_per_second"])
     writer.flush()
     return scalars
 
@@ -421,7 +440,8 @@ def inference_images_per_second(model: torch.nn.Module, data: GlimpseData, batch
 
 def _discard_if_empty(run_dir: Path) -> None:
     """A run stopped by bad input before it trained leaves no folder behind (only Hydra's record was in it)."""
-    if not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists() and not list(run_dir.glob("events.out.tfevents.*")):
+    if (not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
+            and not list(run_dir.glob("events.out.tfevents.*"))):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -446,7 +466,8 @@ def _hydra_main() -> None:
         except Exception:
             log.exception("run failed")  # the job's train.log says why
             raise
-        print(json.dumps({k: metrics[k] for k in ("model", "data", "seed", "test_error", "test_error_greedy", "val_error_best", "train_seconds")}))
+        print(json.dumps({k: metrics[k] for k in ("model", "data", "seed", "test_error", "test_error_greedy",
+                                                  "val_error_best", "train_seconds")}))
 
     main()
 

@@ -131,7 +131,8 @@ def _pil(image: Tensor) -> Image.Image:
 
 
 def _tensor(image: Image.Image) -> Tensor:
-    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3).permute(2, 0, 1)
+    return (torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            .view(image.height, image.width, 3).permute(2, 0, 1))
 
 
 def class_name(index: int, class_names: Sequence[str] | None = None) -> str:
@@ -161,7 +162,8 @@ def _with_band(picture: Image.Image, text: str, colour: tuple[int, int, int]) ->
     return out
 
 
-def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int], limit: tuple[int, int]) -> None:
+def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int],
+         limit: tuple[int, int]) -> None:
     """`text` in white on a small box of `colour` at `xy`, moved inside the picture if it would leave it."""
     font = _font(12)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -207,11 +209,13 @@ def draw_trajectories(
             colour = PALETTE[t % len(PALETTE)]
             for s, (x0, y0, x1, y1) in enumerate(step_boxes):
                 # PIL's rectangle includes its last row and column: x1 - 1 is the patch's last pixel.
-                draw.rectangle([round(x0), round(y0), round(x1) - 1, round(y1) - 1], outline=colour, width=max(1, 3 - s))
+                draw.rectangle([round(x0), round(y0), round(x1) - 1, round(y1) - 1], outline=colour,
+                               width=max(1, 3 - s))
             cx, cy = centres[t]
             draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
         for t, step_boxes in enumerate(boxes[i]):  # numbers last: no rectangle crosses them
-            _tag(draw, (step_boxes[0][0] + 2, step_boxes[0][1] + 2), str(t + 1), PALETTE[t % len(PALETTE)], picture.size)
+            _tag(draw, (step_boxes[0][0] + 2, step_boxes[0][1] + 2), str(t + 1), PALETTE[t % len(PALETTE)],
+                 picture.size)
         out.append(_tensor(_with_band(picture, *_caption(label, prediction, class_names))))
     return torch.stack(out)
 
@@ -266,7 +270,8 @@ def episode_frames(
         _, _, th, tw = trajectory.shape
         frame = torch.zeros(n, 3, max(th, BAND + scales * side + 2 * border), tw + side + 2 * border, dtype=torch.uint8)
         frame[:, :, :th, :tw] = trajectory
-        frame[:, :, BAND : BAND + scales * side + 2 * border, tw:] = torch.tensor(PALETTE[t % len(PALETTE)], dtype=torch.uint8)[:, None, None]
+        frame[:, :, BAND : BAND + scales * side + 2 * border, tw:] = torch.tensor(PALETTE[t % len(PALETTE)],
+                                                                                  dtype=torch.uint8)[:, None, None]
         frame[:, :, BAND + border : BAND + border + scales * side, tw + border : tw + border + side] = column[:, t]
         frames.append(frame)
     return torch.stack(frames, 1)
@@ -325,7 +330,8 @@ def draw_attention(
     grey = _rgb(images).float()[:, None, None] / 255
     panels = (255 * (0.45 * grey + 0.55 * heat)).round().to(torch.uint8)
     panels = F.pad(_enlarge(panels, k), (0, gap, 0, gap))  # (N, T, rows, 3, kH + gap, kW + gap)
-    grid = panels.permute(0, 3, 2, 4, 1, 5).reshape(n, 3, rows * (k * h + gap), steps * (k * w + gap))[..., :-gap, :-gap]
+    grid = panels.permute(0, 3, 2, 4, 1, 5).reshape(n, 3, rows * (k * h + gap),
+                                                    steps * (k * w + gap))[..., :-gap, :-gap]
     names = ["all"] + [f"h{j + 1}" for j in range(heads)]
     out = []
     for i, label, prediction in zip(range(n), _items(labels, n), _items(predictions, n)):
@@ -386,7 +392,8 @@ def has_moviepy() -> bool:
     try:
         import moviepy.editor  # noqa: F401
     except ImportError:
-        log.warning("moviepy<2 is not installed (pip install 'glimpse[video]'): glimpse videos are logged as film strips")
+        log.warning("moviepy<2 is not installed (pip install 'glimpse[video]'): "
+                    "glimpse videos are logged as film strips")
         return False
     return True
 

@@ -27,13 +27,16 @@ def _image(picture: Tensor) -> Image.Image:
     return Image.fromarray(picture.permute(1, 2, 0).contiguous().numpy())
 
 
-def write_pictures(run: str | Path, out: str | Path | None = None, images: int = 8, which: str = "best", device: str = "cpu") -> list[Path]:
-    """Draw a run's checkpoint on its first `images` validation images into `out` (default <run>/pictures); the paths written."""
+def write_pictures(run: str | Path, out: str | Path | None = None, images: int = 8, which: str = "best",
+                   device: str = "cpu") -> list[Path]:
+    """Draw a run's checkpoint on its first `images` validation images into `out` (default <run>/pictures); the
+    paths written."""
     model, state, data = load_run(run, which, device)
     x, y = next(data.eval_batches("val", images))
     drawn = pictures(model, x, y, class_names=data.class_names)
     if not drawn:
-        raise UserError(f"{run}: model {state['config']['model']['name']!r} looks at the whole image; there are no glimpses to draw")
+        raise UserError(f"{run}: model {state['config']['model']['name']!r} looks at the whole image; "
+                        "there are no glimpses to draw")
     out = Path(out) if out is not None else Path(run) / "pictures"
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -48,7 +48,8 @@ BAD_CONFIG = {
 
 def run(module, *args, cwd):
     env = {**os.environ, "GLIMPSE_DATA": str(data_root()), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
 
 
 def one_clear_line(out: subprocess.CompletedProcess, *words: str) -> str:
@@ -93,7 +94,8 @@ def test_partial_or_corrupt_dataset_is_one_clear_line(damage, tmp_path):
             (raw / f.name).write_bytes(f.read_bytes()[:1000])  # truncated
         elif f.name.startswith("train"):
             (raw / f.name).write_bytes(f.read_bytes())  # the test files missing
-    line = one_clear_line(run("glimpse.train", f"data.root={tmp_path / 'data'}", "hydra.run.dir=run", cwd=tmp_path), str(raw))
+    line = one_clear_line(run("glimpse.train", f"data.root={tmp_path / 'data'}", "hydra.run.dir=run", cwd=tmp_path),
+                          str(raw))
     assert ("is corrupt or truncated" in line) == (damage == "corrupt")
 
 
@@ -112,8 +114,10 @@ def test_resuming_with_a_different_model_config_names_the_differing_keys(tmp_pat
     from glimpse.config import compose_config
 
     saved = OmegaConf.to_container(compose_config([f"data.root={data_root()}", "model.hidden=64"]), resolve=True)
-    checkpoint.save({"config": saved, "model": {}, "optimizer": {}, "scheduler": {}, "progress": {}}, tmp_path / "run" / "checkpoints" / "last.pt")
-    line = one_clear_line(run("glimpse.train", "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path), "model.hidden: 64 -> 256")
+    checkpoint.save({"config": saved, "model": {}, "optimizer": {}, "scheduler": {}, "progress": {}},
+                    tmp_path / "run" / "checkpoints" / "last.pt")
+    line = one_clear_line(run("glimpse.train", "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path),
+                          "model.hidden: 64 -> 256")
     assert "different config" in line and (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
@@ -123,12 +127,14 @@ def test_bench_prints_json_with_throughput_and_shares(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["train_images_per_second"] > 0 and result["inference_images_per_second"] > 0
-    assert 0 < result["data_share"] < 1 and 0 < result["sensor_share"] < 1 and len(result["train_images_per_second_repeats"]) == 2
+    assert (0 < result["data_share"] < 1 and 0 < result["sensor_share"] < 1
+            and len(result["train_images_per_second_repeats"]) == 2)
 
 
 @needs_mnist
 def test_train_then_evaluate_from_the_command_line(tmp_path):
-    args = ["trainer.epochs=1", "data.train_limit=2000", "data.eval_limit=500", "trainer.eval_samples=2", "trainer.progress=false"]
+    args = ["trainer.epochs=1", "data.train_limit=2000", "data.eval_limit=500", "trainer.eval_samples=2",
+            "trainer.progress=false"]
     out = run("glimpse.train", *args, "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -77,7 +77,8 @@ def test_a_run_trained_on_cuda_scores_the_same_when_its_checkpoint_is_reloaded_o
     assert abs(cpu["error_greedy"] - metrics["test_error_greedy"]) <= 0.2
 
 
-# 3,000 training images in batches of 128: 23 full batches (3 warm-up steps, a capture, replays) and a short last one (eager)
+# 3,000 training images in batches of 128: 23 full batches (3 warm-up steps, a capture, replays) and a short last
+# one (eager)
 GRAPHED = ("device=cuda", "data.train_limit=3000", "data.eval_limit=500", "trainer.epochs=2", "trainer.eval_samples=2",
            "trainer.visual_every=0")
 
@@ -95,7 +96,8 @@ def test_a_run_replaying_its_steps_as_a_cuda_graph_computes_exactly_what_the_eag
 
     monkeypatch.setattr(glimpse.train.GraphedStep, "__call__", counted)
     graphed = train(make_cfg(*GRAPHED), tmp_path / "graph")
-    assert len(replays) == 2 * 24 and sum(replays) == 2 * 24 - 4  # all but the warm-up steps and the capture: replays, or eager if short
+    # all but the warm-up steps and the capture: replays, or eager if short
+    assert len(replays) == 2 * 24 and sum(replays) == 2 * 24 - 4
     eager = train(make_cfg(*GRAPHED, "trainer.cuda_graph=false"), tmp_path / "eager")
     assert len(replays) == 2 * 24  # the eager run did not go through GraphedStep
     for key in ("test_error", "test_error_greedy", "val_error_best", "best_epoch"):
@@ -106,7 +108,8 @@ def test_a_run_replaying_its_steps_as_a_cuda_graph_computes_exactly_what_the_eag
 
 @needs_mnist
 @pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_a_nonfinite_batch_under_the_cuda_graph_is_skipped_on_the_device_or_stops_the_run(policy, tmp_path, monkeypatch):
+def test_a_nonfinite_batch_under_the_cuda_graph_is_skipped_on_the_device_or_stops_the_run(policy, tmp_path,
+                                                                                          monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from glimpse.data import GlimpseData

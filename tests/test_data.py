@@ -56,7 +56,8 @@ def test_clutter_adds_pieces_of_other_images_clipped():
 
 
 def test_cpu_kernel_draws_the_canvases_the_torch_ops_draw():
-    """kernels.paste (the CPU's) against canvas_torch (every other device's): the same bytes, overlaps and borders included."""
+    """kernels.paste (the CPU's) against canvas_torch (every other device's): the same bytes, overlaps and borders
+    included."""
     g = torch.Generator().manual_seed(5)
     pool = (torch.rand(50, 3, 20, 20, generator=g) * 255).to(torch.uint8)
     n, size, d, k = 16, 40, 6, 9
@@ -72,7 +73,8 @@ def test_cpu_kernel_draws_the_canvases_the_torch_ops_draw():
         slow = torch.zeros(3, size, size, dtype=torch.int32)
         slow[:, top[i] : top[i] + 20, left[i] : left[i] + 20] = images[i]
         for j in range(k):
-            slow[:, py[i, j] : py[i, j] + d, px[i, j] : px[i, j] + d] += pool[other[i, j], :, cy[i, j] : cy[i, j] + d, cx[i, j] : cx[i, j] + d]
+            slow[:, py[i, j] : py[i, j] + d, px[i, j] : px[i, j] + d] += pool[other[i, j], :, cy[i, j] : cy[i, j] + d,
+                                                                              cx[i, j] : cx[i, j] + d]
         assert torch.equal(fast[i], slow.clamp(max=255).to(torch.uint8))
     assert fast[0].max() == 255
 
@@ -110,7 +112,8 @@ def write_fake_cifar(root, n=20):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, n).tolist()}
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
 
@@ -125,18 +128,22 @@ def test_cifar10_code_path_on_generated_files(tmp_path, monkeypatch):
     assert data.class_names == tuple(f"c{i}" for i in range(10))  # the folder's own names, from its batches.meta
     x, y = next(data.train_batches(16, seeded(0)))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
-    cluttered = GlimpseData(make_cfg("data=cifar10", f"data.root={tmp_path}", "data.canvas=48", "data.distractors=2").data, seed=0)
+    cluttered = GlimpseData(make_cfg("data=cifar10", f"data.root={tmp_path}", "data.canvas=48",
+                                     "data.distractors=2").data, seed=0)
     assert next(cluttered.eval_batches("test", 4))[0].shape == (4, 3, 48, 48)
 
 
 def write_fake_idx(folder, n_train=60, n_test=20, side=28):
-    """A tiny dataset in MNIST's raw IDX layout (as torchvision keeps MNIST and Fashion-MNIST): the test images returned."""
+    """A tiny dataset in MNIST's raw IDX layout (as torchvision keeps MNIST and Fashion-MNIST): the test images
+    returned."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(1, 256, (n, side, side), dtype=np.uint8)  # no zero pixel: the image is findable on a canvas
+        # no zero pixel: the image is findable on a canvas
+        images = rng.integers(1, 256, (n, side, side), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([2051, n, side, side], ">i4").tobytes() + images.tobytes())
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([2051, n, side, side], ">i4").tobytes()
+                                                             + images.tobytes())
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], ">i4").tobytes() + labels.tobytes())
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
 
@@ -153,10 +160,12 @@ def test_fashion_mnist_and_its_canvas_variants_on_generated_files(tmp_path):
     for b in range(20):
         assert torch.equal(placed(canvas[b, 0]), test_images[b, 0])
 
-    cluttered = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=60", "data.distractors=4").data, seed=0)
+    cluttered = GlimpseData(make_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.canvas=60",
+                                     "data.distractors=4").data, seed=0)
     assert cluttered.image_shape == (1, 60, 60)
     canvas = next(cluttered.eval_batches("test", 20))[0]
-    clutter = (canvas > 0).flatten(1).sum(1) - 28 * 28  # pixels lit outside the image: the distractors' (up to 4 x 8 x 8)
+    # pixels lit outside the image: the distractors' (up to 4 x 8 x 8)
+    clutter = (canvas > 0).flatten(1).sum(1) - 28 * 28
     assert bool(((clutter > 0) & (clutter <= 4 * 64)).all())
 
 

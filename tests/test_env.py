@@ -1,4 +1,5 @@
-"""The glimpse task as gymnasium environments: the API contract, the episode's rules, the vector env, RAM as a policy."""
+"""The glimpse task as gymnasium environments: the API contract, the episode's rules, the vector env, RAM as a
+policy."""
 
 import json
 import warnings
@@ -18,7 +19,8 @@ pytestmark = needs_mnist
 
 # Small splits: the environments share one GlimpseData per config, and canvases are drawn for 200 test images only.
 SMALL = [f"data.root={data_root()}", "data.train_limit=500", "data.eval_limit=200"]
-MNIST_FAMILY = ["glimpse/MNIST-v0", "glimpse/TranslatedMNIST-v0", "glimpse/ClutteredMNIST60-v0", "glimpse/ClutteredMNIST100-v0"]
+MNIST_FAMILY = ["glimpse/MNIST-v0", "glimpse/TranslatedMNIST-v0", "glimpse/ClutteredMNIST60-v0",
+                "glimpse/ClutteredMNIST100-v0"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,7 +60,8 @@ def test_gymnasium_checker_passes_on_every_registered_mnist_id(env_id):
 
 
 def test_the_ids_carry_the_ram_presets_retinas():
-    shapes = {env_id: gymnasium.make(env_id, overrides=SMALL).observation_space["glimpse"].shape for env_id in MNIST_FAMILY}
+    shapes = {env_id: gymnasium.make(env_id, overrides=SMALL).observation_space["glimpse"].shape
+              for env_id in MNIST_FAMILY}
     assert shapes == {"glimpse/MNIST-v0": (1, 1, 8, 8), "glimpse/TranslatedMNIST-v0": (3, 1, 12, 12),
                       "glimpse/ClutteredMNIST60-v0": (3, 1, 12, 12), "glimpse/ClutteredMNIST100-v0": (4, 1, 12, 12)}
     assert gymnasium.make("glimpse/ClutteredMNIST100-v0", overrides=SMALL).unwrapped.glimpses == 8
@@ -77,7 +80,8 @@ def test_a_seeded_reset_replays_the_same_episode():
     actions = [env.action_space.sample() for _ in range(env.glimpses)]
     first, again = play(env, actions, seed=7), play(env, actions, seed=7)
     for (a, ra, ta), (b, rb, tb) in zip(first, again):
-        assert np.array_equal(a["glimpse"], b["glimpse"]) and np.array_equal(a["location"], b["location"]) and (ra, ta) == (rb, tb)
+        assert (np.array_equal(a["glimpse"], b["glimpse"]) and np.array_equal(a["location"], b["location"])
+                and (ra, ta) == (rb, tb))
     other = play(env, actions, seed=8)
     assert not np.array_equal(first[0][0]["glimpse"], other[0][0]["glimpse"])
 
@@ -158,7 +162,8 @@ def test_vector_env_sees_what_single_envs_see_given_the_same_images_and_actions(
     n, kwargs = 4, dict(experiment="ram_cluttered60", split="test", glimpses=3, overrides=SMALL)
     rng = np.random.default_rng(0)
     indices, starts = rng.integers(0, 200, n), rng.uniform(-1, 1, (n, 2)).astype(np.float32)
-    actions = [{"location": rng.uniform(-1.2, 1.2, (n, 2)).astype(np.float32), "prediction": rng.integers(0, 10, n)} for _ in range(3)]
+    actions = [{"location": rng.uniform(-1.2, 1.2, (n, 2)).astype(np.float32), "prediction": rng.integers(0, 10, n)}
+               for _ in range(3)]
     envs = GlimpseVectorEnv(n, **kwargs)
     batch = [envs.reset(options={"indices": indices, "locations": starts})[0]] + [envs.step(a)[0] for a in actions]
     for i in range(n):

@@ -35,7 +35,7 @@ def test_every_model_takes_a_bf16_training_step_with_float32_weights(name):
     images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     loss, _, finite = train_step(model, optimizer, images, labels, torch.Generator().manual_seed(0), cfg.model, "bf16")
     assert finite and torch.isfinite(loss)
-    for p, p0 in zip(model.parameters(), before):
+    for p, _ in zip(model.parameters(), before):
         assert p.dtype == p.grad.dtype == torch.float32
     assert any(not torch.equal(p, p0) for p, p0 in zip(model.parameters(), before))
 
@@ -104,7 +104,8 @@ def test_dram_location_grad_to_core_must_be_a_bool():
     ],
 )
 def test_each_model_learns_on_real_mnist_and_accounts_for_its_cost(name, extra, bound, tmp_path):
-    metrics = train(make_cfg(f"experiment={name}_mnist", "data.eval_limit=1000", "trainer.eval_samples=1", *extra), tmp_path)
+    metrics = train(make_cfg(f"experiment={name}_mnist", "data.eval_limit=1000", "trainer.eval_samples=1", *extra),
+                    tmp_path)
     assert metrics["test_error"] < bound  # chance: 90%
     assert metrics["test_error_greedy"] == metrics["test_error"]  # deterministic models: one policy
     assert metrics["params"] > 0 and metrics["macs_per_image"] > 0

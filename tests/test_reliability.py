@@ -1,4 +1,5 @@
-"""Long runs die. A run killed with SIGKILL at any moment resumes to the very same result; bad checkpoints are refused."""
+"""Long runs die. A run killed with SIGKILL at any moment resumes to the very same result; bad checkpoints are
+refused."""
 
 from __future__ import annotations
 
@@ -294,7 +295,8 @@ def test_bad_checkpoints_are_refused_with_one_line_naming_the_file(kind, reason,
 def test_evaluate_refuses_a_corrupt_checkpoint_with_exit_2(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.pt").write_bytes(b"\x80\x02not a checkpoint")
-    out = subprocess.run([sys.executable, "-m", "glimpse.evaluate", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "glimpse.evaluate", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "best.pt" in out.stderr
 
@@ -304,7 +306,8 @@ def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path):
     env = {**os.environ, "GLIMPSE_DATA": str(data_root()), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "glimpse.train", "data.train_limit=256", "data.eval_limit=128", "trainer.epochs=1",
             "trainer.eval_samples=1", "trainer.progress=false"]
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
     for p in procs:
         finish(p)
     runs = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.json"))
@@ -316,6 +319,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
     from glimpse.evaluate import load_run
 
     cfg = OmegaConf.to_container(make_cfg(*TINY), resolve=True)
-    checkpoint.save({"config": cfg, "model": {"glimpse_net.what.weight": torch.zeros(3, 3)}}, tmp_path / "checkpoints" / "best.pt")
+    checkpoint.save({"config": cfg, "model": {"glimpse_net.what.weight": torch.zeros(3, 3)}},
+                    tmp_path / "checkpoints" / "best.pt")
     with pytest.raises(UserError, match="does not fit the model its config describes.*glimpse_net"):
         load_run(tmp_path)

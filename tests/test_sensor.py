@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from glimpse.sensor import Sensor, crop, patch_sides, retina, sample
 
 
-def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scales: int, factor: float, resize: str = "area") -> torch.Tensor:
+def reference_glimpse(image: torch.Tensor, x: float, y: float, patch: int, scales: int, factor: float,
+                      resize: str = "area") -> torch.Tensor:
     """One image (C, H, W): pixel by pixel, zero outside, each patch resized to patch x patch."""
     c, h, w = image.shape
     u, v = (x + 1) * w / 2, (y + 1) * h / 2
@@ -53,7 +54,8 @@ def test_retina_matches_the_per_sample_reference(shape, patch, scales, factor, r
     fast = retina(images, locations, patch, scales, factor, resize)
     assert fast.shape == (len(images), scales, shape[0], patch, patch)
     for b in range(len(images)):
-        slow = reference_glimpse(images[b].double(), locations[b, 0].item(), locations[b, 1].item(), patch, scales, factor, resize)
+        slow = reference_glimpse(images[b].double(), locations[b, 0].item(), locations[b, 1].item(), patch, scales,
+                                 factor, resize)
         torch.testing.assert_close(fast[b].double(), slow, rtol=1e-4, atol=1e-5)
 
 
@@ -92,7 +94,8 @@ def test_glimpse_does_not_depend_on_the_rest_of_the_image():
 def test_bilinear_equals_area_up_to_a_ratio_of_two():
     g = torch.Generator().manual_seed(3)
     images, locations = torch.rand(16, 1, 60, 60, generator=g), torch.rand(16, 2, generator=g) * 2 - 1
-    torch.testing.assert_close(retina(images, locations, 12, 2, 2.0, "bilinear"), retina(images, locations, 12, 2, 2.0, "area"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(retina(images, locations, 12, 2, 2.0, "bilinear"),
+                               retina(images, locations, 12, 2, 2.0, "area"), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("resize", ["area", "bilinear"])
@@ -124,17 +127,20 @@ def test_unsnapped_glimpse_is_centred_on_its_location_like_the_snapped_one():
 
 
 @pytest.mark.parametrize("resize", ["area", "bilinear"])
-@pytest.mark.parametrize("shape, patch, scales, factor", [((1, 100, 100), 12, 4, 2.0), ((3, 32, 32), 5, 2, 2.0), ((1, 40, 56), 6, 3, 1.5)])
+@pytest.mark.parametrize("shape, patch, scales, factor",
+                         [((1, 100, 100), 12, 4, 2.0), ((3, 32, 32), 5, 2, 2.0), ((1, 40, 56), 6, 3, 1.5)])
 def test_cpu_kernel_reads_uint8_and_float_as_grid_sample_does(shape, patch, scales, factor, resize):
     """The CPU's kernels.read against the grid_sample path every other device takes, on float and on uint8 pixels."""
     from glimpse.sensor import area
 
     g = torch.Generator().manual_seed(patch)
     pixels = (torch.rand(20, *shape, generator=g) * 255).to(torch.uint8)
-    locations = torch.cat([torch.rand(13, 3, 2, generator=g) * 2.4 - 1.2, torch.tensor(BORDER)[:, None].expand(-1, 3, -1)]).clamp(-1, 1)
+    locations = torch.cat([torch.rand(13, 3, 2, generator=g) * 2.4 - 1.2,
+                           torch.tensor(BORDER)[:, None].expand(-1, 3, -1)]).clamp(-1, 1)
     sides = tuple(patch_sides(patch, scales, factor))
     grid_sampled = (sample if resize == "bilinear" else area)(pixels.float() / 255, locations, patch, sides)
-    from_bytes, from_floats = retina(pixels, locations, patch, scales, factor, resize), retina(pixels.float() / 255, locations, patch, scales, factor, resize)
+    from_bytes, from_floats = (retina(pixels, locations, patch, scales, factor, resize),
+                               retina(pixels.float() / 255, locations, patch, scales, factor, resize))
     assert from_bytes.dtype == torch.float32 and from_bytes.shape == (20, 3, scales, shape[0], patch, patch)
     torch.testing.assert_close(from_bytes, grid_sampled, rtol=0, atol=2e-5)
     torch.testing.assert_close(from_floats, from_bytes, rtol=0, atol=1e-6)
@@ -147,7 +153,8 @@ def test_cropped_bytes_are_the_pixels_over_255_exactly():
 
 
 def test_cpu_kernel_places_patches_where_patch_origins_does_to_the_last_bit():
-    """Origins are floor(shift + l * half) as one rounding (addcmul): a multiply then an add would move some patch a pixel."""
+    """Origins are floor(shift + l * half) as one rounding (addcmul): a multiply then an add would move some patch
+    a pixel."""
     from glimpse.sensor import _shift, patch_origins
 
     half = torch.tensor([14.0, 14.0])
@@ -165,7 +172,8 @@ def test_cpu_kernel_places_patches_where_patch_origins_does_to_the_last_bit():
 
 @pytest.mark.parametrize("height, width", [(28, 28), (100, 100), (29, 60)])
 def test_cpu_kernel_origins_equal_patch_origins_over_many_locations(height, width):
-    """The kernel computes each origin itself (one rounding, as addcmul): every 1x1 and 7x7 window starts where patch_origins says."""
+    """The kernel computes each origin itself (one rounding, as addcmul): every 1x1 and 7x7 window starts where
+    patch_origins says."""
     from glimpse.sensor import patch_origins
 
     pixels = torch.arange(1, height * width + 1, dtype=torch.float32).view(1, 1, height, width)  # 0 only outside
@@ -177,12 +185,15 @@ def test_cpu_kernel_origins_equal_patch_origins_over_many_locations(height, widt
         assert torch.equal(crop(pixels, locations[None], side)[0, :, 0, 0, 0], expected)
 
 
-@pytest.mark.parametrize("images", [(torch.rand(6, 2, 40, 40) * 255).to(torch.uint8), torch.rand(6, 2, 40, 40, dtype=torch.float64)],
+@pytest.mark.parametrize("images", [(torch.rand(6, 2, 40, 40) * 255).to(torch.uint8),
+                                    torch.rand(6, 2, 40, 40, dtype=torch.float64)],
                          ids=["cpu kernel", "grid_sample"])
 def test_sensor_writes_into_a_given_buffer(images):
-    """`out=` (RAM's per-step rows): the patches land in the buffer, the same values as a fresh result, nothing else touched."""
+    """`out=` (RAM's per-step rows): the patches land in the buffer, the same values as a fresh result, nothing else
+    touched."""
     sensor, locations = Sensor(6, 3, 2.0, "bilinear"), torch.rand(6, 2) * 2 - 1
-    rows = torch.full((6, 3 * 2 * 6 * 6 + 2), -7.0, dtype=torch.float32 if images.dtype == torch.uint8 else images.dtype)
+    rows = torch.full((6, 3 * 2 * 6 * 6 + 2), -7.0,
+                      dtype=torch.float32 if images.dtype == torch.uint8 else images.dtype)
     view = rows[:, :-2].view(6, 3, 2, 6, 6)
     assert sensor(images, locations, out=view) is view
     torch.testing.assert_close(view, sensor(images, locations), rtol=0, atol=0)

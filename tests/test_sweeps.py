@@ -46,7 +46,8 @@ def job_folders(sweep: Path) -> list[Path]:
 
 
 def writer_pid(run: Path) -> int:
-    """The pid of the process that trained the run: TensorBoard's event file is events.out.tfevents.<time>.<host>.<pid>.<n>."""
+    """The pid of the process that trained the run: TensorBoard's event file is
+    events.out.tfevents.<time>.<host>.<pid>.<n>."""
     (event,) = run.glob("events.out.tfevents.*")
     return int(event.name.split(".")[-2])
 
@@ -98,7 +99,8 @@ def test_cifar10_preset_sweeps_every_model():
 
 @needs_mnist
 def test_sweep_preset_runs_and_compare_reads_it(tmp_path):
-    out, _ = multirun(tmp_path, "experiment=hard_vs_soft", "seed=0", "+experiment@_global_=ram_mnist,dram_cluttered60", *TINY)
+    out, _ = multirun(tmp_path, "experiment=hard_vs_soft", "seed=0", "+experiment@_global_=ram_mnist,dram_cluttered60",
+                      *TINY)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = job_folders(tmp_path / "sweep")
     assert [r.name for r in runs] == ["0_ram_mnist_seed0", "1_dram_cluttered_mnist60_seed0"]
@@ -122,7 +124,8 @@ def test_joblib_launcher_runs_jobs_in_worker_processes(tmp_path):
 @needs_mnist
 @needs_submitit
 def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tmp_path):
-    out, launcher = multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=ram,dram", *TINY)
+    out, launcher = multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                             "model=ram,dram", *TINY)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = check_jobs(tmp_path / "sweep", ["ram", "dram"])
     pids = {writer_pid(r) for r in runs}
@@ -148,6 +151,7 @@ def test_slurm_preset_keys_reach_sbatch(tmp_path):
     assert out.returncode != 0 and "test stand-in" in out.stderr  # refused by the stand-in, as intended
     assert script.exists(), out.stderr[-3000:]
     lines = set(script.read_text().splitlines())
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --cpus-per-task=6", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --mem=24GB", "#SBATCH --array=0-1%2"):  # 2 jobs, at most 2 at once
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --cpus-per-task=6",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --mem=24GB",
+                 "#SBATCH --array=0-1%2"):  # 2 jobs, at most 2 at once
         assert line in lines, script.read_text()

@@ -90,7 +90,8 @@ def test_best_checkpoint_reevaluates_to_the_reported_test_error(short_run):
     cfg = state["config"]
     from glimpse.data import seeded
 
-    again = evaluate_model(model, data.eval_batches("test", 1000), cfg["trainer"]["eval_samples"], seeded(cfg["seed"], "eval", "test", device=data.device))
+    again = evaluate_model(model, data.eval_batches("test", 1000), cfg["trainer"]["eval_samples"],
+                           seeded(cfg["seed"], "eval", "test", device=data.device))
     assert again["error"] == metrics["test_error"] and again["error_greedy"] == metrics["test_error_greedy"]
 
 

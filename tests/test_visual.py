@@ -1,4 +1,5 @@
-"""Pictures of where the models look: geometry against the sensor, TensorBoard entries, the tensorboard server, the CLI."""
+"""Pictures of where the models look: geometry against the sensor, TensorBoard entries, the tensorboard server, the
+CLI."""
 
 from __future__ import annotations
 
@@ -305,7 +306,8 @@ def test_soft_logs_attention_maps_and_fc_logs_nothing(tmp_path):
 
 def test_hparams_are_written_in_the_run_folder_itself(tmp_path):
     cfg = make_cfg("model=soft", "sensor.patch=6", "data.train_limit=512")
-    metrics = {"test_error": 1.5, "test_error_greedy": 2.5, "val_error_best": 1.25, "pixels_per_image": 784.0, "epochs": 3}
+    metrics = {"test_error": 1.5, "test_error_greedy": 2.5, "val_error_best": 1.25, "pixels_per_image": 784.0,
+               "epochs": 3}
     with SummaryWriter(str(tmp_path)) as writer:
         log_hparams(writer, cfg, hparam_metrics(metrics), step=99)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no sub-run folder, unlike add_hparams
@@ -318,7 +320,8 @@ def test_hparams_are_written_in_the_run_folder_itself(tmp_path):
     assert values["model.heads"] == 4 and values["data.train_limit"] == 512 and values["data.position"] == "None"
     assert not set(values) & RESULT_NEUTRAL_KEYS and not any(k.startswith("hydra") for k in values)  # how, not what
     assert "trainer.visual_every" not in values and "data.root" not in values and "trainer.lr" in values
-    for tag, value in {"test/error": 1.5, "test/error_greedy": 2.5, "val/error_best": 1.25, "test/pixels_per_image": 784.0}.items():
+    for tag, value in {"test/error": 1.5, "test/error_greedy": 2.5, "val/error_best": 1.25,
+                       "test/pixels_per_image": 784.0}.items():
         assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(99, value)]
 
 
@@ -348,20 +351,23 @@ def test_tensorboard_serves_the_pictures_and_the_hparams_table(tmp_path):
         cfg = make_cfg(f"model={name}")
         with SummaryWriter(str(tmp_path / name)) as writer:
             log_pictures(writer, build_model(cfg, SHAPE, 10), images, labels, step=5)
-            log_hparams(writer, cfg, hparam_metrics({"test_error": 2.0 if name == "ram" else 3.0, "val_error_best": 1.0}), step=5)
+            log_hparams(writer, cfg,
+                        hparam_metrics({"test_error": 2.0 if name == "ram" else 3.0, "val_error_best": 1.0}), step=5)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--port", str(port), "--host", "127.0.0.1"],
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--port", str(port),
+         "--host", "127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     try:
         deadline = time.monotonic() + 120
         while True:  # wait until it answers
             if server.poll() is not None:
-                pytest.skip(f"tensorboard could not start (exit {server.returncode}): {server.stdout.read().decode()[-500:]}")
+                pytest.skip(f"tensorboard could not start (exit {server.returncode}): "
+                            f"{server.stdout.read().decode()[-500:]}")
             try:
                 fetch(f"{base}/data/runs")
                 break
@@ -389,13 +395,15 @@ def test_tensorboard_serves_the_pictures_and_the_hparams_table(tmp_path):
                 assert picture.size == size
 
         # HParams: one row per run, the union of their hparams (model.std is ram's, model.heads soft's).
-        experiment = json.loads(fetch(f"{base}/data/plugin/hparams/experiment", {"experimentName": "", "includeMetrics": True}))
+        experiment = json.loads(fetch(f"{base}/data/plugin/hparams/experiment",
+                                      {"experimentName": "", "includeMetrics": True}))
         names = {h["name"] for h in experiment["hparamInfos"]}
         assert {"model.name", "model.std", "model.heads", "sensor.patch", "data.name"} <= names
         metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"test/error", "val/error_best"} <= metrics
         groups = json.loads(fetch(f"{base}/data/plugin/hparams/session_groups", {
-            "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING", "STATUS_FAILURE"],
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING", "STATUS_FAILURE"],
             "colParams": [{"hparam": "model.name"}, {"metric": {"tag": "test/error", "group": ""}}],
             "startIndex": 0, "sliceSize": 10, "includeMetrics": True,
         }))
@@ -413,7 +421,8 @@ def test_tensorboard_serves_the_pictures_and_the_hparams_table(tmp_path):
 
 def visualize(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "GLIMPSE_DATA": str(data_root()), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "glimpse.visualize", *args], check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "glimpse.visualize", *args], check=False, capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
 
 
 @needs_mnist
@@ -423,7 +432,8 @@ def test_visualize_writes_pngs_and_gifs_of_a_run(tmp_path):
     run = tmp_path / "run"
     train(make_cfg("data.train_limit=512", "data.eval_limit=256", "trainer.epochs=1", "trainer.eval_samples=2",
                    "sensor.scales=2", "device=cpu"), run)
-    out = visualize(str(run), "--images", "3", "--out", str(tmp_path / "pictures"), "--checkpoint", "last", cwd=tmp_path)
+    out = visualize(str(run), "--images", "3", "--out", str(tmp_path / "pictures"), "--checkpoint", "last",
+                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "pictures").iterdir())
     kinds = ("trajectory.png", "patches.png", "episode.gif")

@@ -61,7 +61,8 @@ class DRAM(nn.Module):
         m, s = cfg.model, cfg.sensor
         return cls(
             image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor,
-            what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden, core=m.core, eval_start=m.eval_start,
+            what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden, core=m.core,
+            eval_start=m.eval_start,
             # Run folders from before the key lack it (trained either way): the forward is the same with or without
             # the cut, so re-scoring them works whatever this says; resuming them is refused for the missing key.
             location_grad_to_core=m.get("location_grad_to_core", True),
@@ -69,7 +70,8 @@ class DRAM(nn.Module):
 
     def forward(self, images: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> Episode:
         b, device = images.shape[0], images.device
-        images = self.sensor.readable(images)  # unsnapped glimpses are grid_sample's, on floats: made once, not every glimpse
+        # unsnapped glimpses are grid_sample's, on floats: made once, not every glimpse
+        images = self.sensor.readable(images)
         loc = start_locations(b, device, generator, self.training or self.eval_start == "random")
         state, locations = None, [loc]
         for t in range(self.glimpses):

@@ -164,3 +164,14 @@ def test_an_env_made_from_an_id_has_its_presets_data_glimpses_and_retina(name):
 def test_an_env_refuses_a_preset_without_glimpses():
     with pytest.raises(ValueError, match="trains fc, which reads no glimpses"):
         GlimpseEnv(experiment="fc_mnist")
+
+
+def test_one_list_of_result_neutral_keys_serves_resume_hparams_and_comparison():
+    from glimpse import compare
+    from glimpse.config import RESULT_NEUTRAL_KEYS, flatten
+    from glimpse.visual import flatten_config
+
+    cfg = compose_config([])
+    assert RESULT_NEUTRAL_KEYS <= flatten(cfg).keys()  # each names a key the config has
+    assert not RESULT_NEUTRAL_KEYS & flatten_config(cfg).keys()  # HParams leave them out
+    assert compare.IGNORED_KEYS == RESULT_NEUTRAL_KEYS | {"seed", "device"}  # seeds are replicates, not settings

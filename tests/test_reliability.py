@@ -173,6 +173,19 @@ def test_a_checkpoint_written_before_a_key_existed_holds_the_value_that_computes
 
 
 @needs_mnist
+def test_a_resumed_run_may_change_every_result_neutral_key(tmp_path):
+    """glimpse.config.RESULT_NEUTRAL_KEYS, each changed at resumption: accepted, and the result is the same."""
+    small = (*TINY, "trainer.epochs=1", "data.train_limit=256", "data.eval_limit=100")
+    finished = train(make_cfg(*small), tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    changed = ("trainer.progress=true", "trainer.checkpoint_every_minutes=5", "trainer.visual_every=0",
+               "trainer.visual_images=2", "trainer.cuda_graph=false", "trainer.on_nonfinite=skip",
+               f"data.root={data_root()}/.", "data.download=true")
+    resumed = train(make_cfg(*small, "trainer.resume=true", *changed), tmp_path)
+    assert {k: resumed[k] for k in SAME} == {k: finished[k] for k in SAME}
+
+
+@needs_mnist
 def test_a_model_without_an_added_key_resumes(tmp_path):
     """An added key of one model (RAM's) is no difference for a model that has no such key."""
     cfg = make_cfg(*TINY, "model=soft", "trainer.epochs=1", "data.train_limit=256", "data.eval_limit=100")

@@ -18,7 +18,9 @@ history.jsonl) is used, the other is listed as a duplicate.
 
 Writes into DIR:
     table.md                test error (sampled policy) mean ± sample std over seeds, greedy-policy
-                            error, details per cell (cost, time), failed or unfinished runs
+                            error, on target (where runs have it: glimpses on the target's box, with
+                            chance), details per cell (cost, time, single-run error), failed or
+                            unfinished runs
     runs.csv                one line per run (status ok, failed or duplicate)
     error_vs_glimpses.png   test error against the number of glimpses (whole-image models: dashed lines)
     error_vs_macs.png       test error against multiply-accumulates per image (log x)
@@ -64,6 +66,9 @@ DATA_ORDER = ["mnist", "translated_mnist", "cluttered_mnist60", "cluttered_mnist
 MODEL_ORDER = ["ram", "dram", "soft", "fc", "cnn"]
 MARKERS = "osD^v<>ph*"
 LINESTYLES = ("-", "--", ":", "-.")
+# Figures that runs from before they were recorded lack: a column of the per-cell table each, only where a run has
+# them, so tables made before stay as they were (on target has a table of its own, `on_target_table`).
+OPTIONAL_DETAILS = {"test_error_single": "one run (M = 1)"}
 COLORS = {"ram": "tab:red", "dram": "tab:orange", "soft": "tab:blue", "fc": "tab:gray", "cnn": "tab:green"}
 # Never used to tell settings apart. Besides the result-neutral keys: seed is the replicate axis a cell averages
 # over, and device (mostly `auto`) says where a run trained, which the table does not split by.
@@ -361,6 +366,7 @@ def details_table(cells: dict[tuple[str, str], Cell], data_rows: list[str], colu
     def fmt(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
+    optional = [key for key in OPTIONAL_DETAILS if any(cell.values(key) for cell in cells.values())]
     rows = []
     for d in data_rows:
         for c in columns:
@@ -372,10 +378,25 @@ def details_table(cells: dict[tuple[str, str], Cell], data_rows: list[str], colu
                          cell.text("test_error_greedy"), cell.text("val_error_best"), fmt(cell.mean("epochs"), ".0f"),
                          fmt(None if seconds is None else seconds / 60, ".1f"),
                          fmt(cell.mean("train_images_per_second"), ",.0f"), fmt(cell.mean("params"), ",.0f"),
-                         fmt(cell.mean("macs_per_image"), ".3g"), fmt(cell.mean("pixels_per_image"), ".1f")])
+                         fmt(cell.mean("macs_per_image"), ".3g"), fmt(cell.mean("pixels_per_image"), ".1f"),
+                         *[cell.text(key) for key in optional]])
     header = ["data set", "model", "runs", "seeds", "test error", "greedy", "best val error", "epochs", "train min",
-              "train img/s", "params", "MACs/image", "pixels/image"]
+              "train img/s", "params", "MACs/image", "pixels/image", *[OPTIONAL_DETAILS[key] for key in optional]]
     return markdown_table(header, rows)
+
+
+def on_target_table(data_rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """Rows: data sets; columns: the models (and settings) with an on-target figure, then the chance of a uniformly
+    random policy on the data set's test canvases; [] when no run has one."""
+    columns = [c for c in columns if any(cell.values("on_target_greedy") for (_, c2), cell in cells.items() if c2 == c)]
+    if not columns:
+        return []
+    rows = []
+    for d in data_rows:
+        row = [d, *[cells[(d, c)].text("on_target_greedy") if (d, c) in cells else "–" for c in columns]]
+        chance = [v for (d2, _), cell in cells.items() if d2 == d for v in cell.values("on_target_chance")]
+        rows.append([*row, f"{statistics.fmean(chance):.2f}" if chance else "–"])
+    return markdown_table(["data set", *columns, "chance"], rows)
 
 
 def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[Run], duplicates: list[Run],
@@ -390,6 +411,12 @@ def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[R
     lines += ["", "## Greedy policy", "", ("Test error in % with the policy's mean locations (deterministic models: "
                                             "the same as above)."), ""]
     lines += error_table("test_error_greedy", data_rows, columns, cells, expected, False)
+    looking = on_target_table(data_rows, columns, cells)
+    if looking:
+        lines += ["", "## On target", "", ("Glimpses 2 .. T of the greedy policy whose centre lies in the box of the "
+                                          "target's ink, in % (the first glimpse is not the policy's choice); chance: "
+                                          "the same for a uniformly random location. `–`: data without a canvas, "
+                                          "or no run."), "", *looking]
     notes = [f"- **{d}**: {note}" for d, note in expected.items() if note]
     if paper:
         notes.append("- Paper: RAM from Mnih et al., NIPS 2014 (cluttered 100x100: arXiv:1406.6247v1); "
@@ -408,9 +435,10 @@ def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[R
     path.write_text("\n".join(lines) + "\n")
 
 
-CSV_KEYS = ["test_error", "test_error_greedy", "val_error_best", "best_epoch", "epochs", "train_seconds",
-            "train_images_per_second", "inference_images_per_second", "params", "macs_per_image", "pixels_per_image",
-            "glimpses", "device", "torch", "machine"]
+CSV_KEYS = ["test_error", "test_error_greedy", "test_error_single", "val_error_best", "best_epoch", "epochs",
+            "train_seconds", "train_images_per_second", "inference_images_per_second", "params", "macs_per_image",
+            "pixels_per_image", "on_target", "on_target_greedy", "on_target_chance", "glimpses", "device", "torch",
+            "machine"]
 
 
 def write_csv(path: Path, argv: list[str], runs: list[Run]) -> None:

@@ -18,6 +18,8 @@ Validation is carved from the training set (`data.val_fraction`, fixed by the
 seed). Validation and test canvases are drawn once and are the same at every
 evaluation (test canvases do not depend on the run's seed, so every run is
 scored on the same test set); training canvases are drawn anew every epoch.
+Each validation and test canvas keeps the box of its image's ink (`eval_boxes`),
+so evaluation can tell whether a glimpse landed on the target.
 """
 
 from __future__ import annotations
@@ -138,6 +140,20 @@ def make_canvas(
     The random draws are the same on every device; on the CPU `kernels.paste`
     draws each canvas in one pass, elsewhere `canvas_torch` does: the same canvases.
     """
+    return place_on_canvas(images, size, distractors, pool, generator, indices, distractor_size, position)[0]
+
+
+def place_on_canvas(
+    images: Tensor,
+    size: int,
+    distractors: int,
+    pool: Tensor,
+    generator: torch.Generator,
+    indices: Tensor | None = None,
+    distractor_size: int = 8,
+    position: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`make_canvas`'s canvases, and where each image went: its top-left pixel (row, column), int64 (B, 2)."""
     b, c, h, w = images.shape
     dev, n, d = images.device, pool.shape[0], distractor_size
     if position is None:
@@ -153,7 +169,25 @@ def make_canvas(
     else:  # no draws: the generator's stream stays as it was
         other = cy = cx = py = px = torch.zeros(b, 0, dtype=torch.int64, device=dev)
     draw = kernels.paste if dev.type == "cpu" else canvas_torch
-    return draw(images, size, top, left, pool, other, cy, cx, py, px, d)
+    return draw(images, size, top, left, pool, other, cy, cx, py, px, d), torch.stack([top, left], 1)
+
+
+def ink_boxes(images: Tensor) -> Tensor:
+    """The bounding box of each image's ink, its nonzero pixels in any channel: int64 (B, 4), (top, left, bottom,
+    right) in pixels, bottom and right one past the last inked row and column; an image without ink: (0, 0, 0, 0).
+
+    On a canvas the box of where the image went is this box shifted by its top-left pixel (`place_on_canvas`):
+    where the digit is, not the mostly blank frame around it.
+    """
+    ink = images.ne(0).any(1)  # (B, h, w)
+    boxes = []
+    for lit in (ink.any(2), ink.any(1)):  # rows, columns
+        first = lit.int().argmax(1)  # argmax takes the first of equal maxima
+        last = lit.shape[1] - lit.flip(1).int().argmax(1)
+        boxes.append((first, last))
+    (top, bottom), (left, right) = boxes
+    box = torch.stack([top, left, bottom, right], 1).long()
+    return box.masked_fill_(~ink.flatten(1).any(1)[:, None], 0)
 
 
 def canvas_torch(images: Tensor, size: int, top: Tensor, left: Tensor, pool: Tensor, other: Tensor, cy: Tensor,
@@ -182,6 +216,7 @@ class Split:
     images: Tensor  # uint8 (N, C, h, w): the source images
     labels: Tensor  # int64 (N,)
     fixed: Tensor | None = None  # uint8 (N, C, S, S): canvases drawn once (validation, test)
+    boxes: Tensor | None = None  # int64 (N, 4): where each fixed canvas's image is (`GlimpseData.eval_boxes`)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -227,8 +262,8 @@ class GlimpseData:
         self.train = Split(train_x[train_idx].to(**to), train_y[train_idx].to(**to))
         self.val = Split(train_x[val_idx].to(**to), train_y[val_idx].to(**to))
         self.test = Split(test_x.to(**to), test_y.to(**to))
-        self.val.fixed = self._canvases(self.val, seeded(seed, "val", device=self.device))
-        self.test.fixed = self._canvases(self.test, seeded(TEST_SEED, "test", device=self.device))
+        self.val.fixed, self.val.boxes = self._canvases(self.val, seeded(seed, "val", device=self.device))
+        self.test.fixed, self.test.boxes = self._canvases(self.test, seeded(TEST_SEED, "test", device=self.device))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -241,17 +276,25 @@ class GlimpseData:
 
     def draw(self, split: Split, idx: Tensor, generator: torch.Generator) -> Tensor:
         """uint8 images: the originals, or canvases drawn with `generator`."""
+        return self.place(split, idx, generator)[0]
+
+    def place(self, split: Split, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """`draw`'s images, and on canvases each image's top-left pixel (row, column) (B, 2); None without."""
         images = split.images.index_select(0, idx)  # whole rows: faster than split.images[idx] for uint8
         if not self.canvas:
-            return images
-        return make_canvas(images, self.canvas, self.distractors, split.images, generator, indices=idx,
-                           distractor_size=self.distractor_size, position=self.position)
+            return images, None
+        return place_on_canvas(images, self.canvas, self.distractors, split.images, generator, indices=idx,
+                               distractor_size=self.distractor_size, position=self.position)
 
-    def _canvases(self, split: Split, generator: torch.Generator, chunk: int = 4096) -> Tensor | None:
+    def _canvases(self, split: Split, generator: torch.Generator,
+                  chunk: int = 4096) -> tuple[Tensor | None, Tensor | None]:
+        """The split's fixed canvases and the boxes of their images (`eval_boxes`); (None, None) without a canvas."""
         if not self.canvas:
-            return None
+            return None, None
         idx = torch.arange(len(split), device=self.device)
-        return torch.cat([self.draw(split, i, generator) for i in idx.split(chunk)])
+        canvases, positions = zip(*(self.place(split, i, generator) for i in idx.split(chunk)))
+        boxes = ink_boxes(split.images) + torch.cat(positions).repeat(1, 2)
+        return torch.cat(canvases), boxes
 
     def train_batches(self, batch_size: int, generator: torch.Generator, start: int = 0,
                       generator_state: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -265,6 +308,14 @@ class GlimpseData:
             generator.set_state(generator_state)
         for idx in order.split(batch_size)[start:]:
             yield self.draw(self.train, idx, generator), self.train.labels.index_select(0, idx)
+
+    def eval_boxes(self, split: str) -> Tensor | None:
+        """Where the image is on each of validation's or test's canvases, in `eval_batches`' order: the bounding box
+        of its ink (`ink_boxes`), int64 (N, 4) pixels (top, left, bottom, right), bottom and right exclusive.
+
+        None without a canvas: the image fills its own frame, and looking at it says little.
+        """
+        return getattr(self, split).boxes
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Validation or test in a fixed order, the same canvases every time."""

@@ -1,7 +1,8 @@
 """Evaluation: the sampled policy (M runs, class probabilities averaged) and the greedy policy (mean locations).
 
 `python -m glimpse.evaluate <run folder> [--checkpoint best|last] [--split test|val]`
-reloads a run's checkpoint and prints its errors as JSON.
+reloads a run's checkpoint and prints its errors, and on canvases how often its glimpses land on the target, as
+JSON, under the names metrics.json gives them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,29 @@ from glimpse.config import resolve_device
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
 from glimpse.models import build_model
+from glimpse.sensor import patch_origins
+
+
+def on_target(locations: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+    """Whether each glimpse's centre pixel lies in its image's target box: locations (B, T, 2), boxes (B, 4)
+    (top, left, bottom, right, `GlimpseData.eval_boxes`) -> bool (B, T).
+
+    The centre pixel is the one holding the location's centre, the 1-pixel patch `sensor.patch_origins` places there.
+    """
+    b, t, _ = locations.shape
+    column, row = patch_origins(locations.reshape(-1, 2), 1, height, width).view(b, t, 2).unbind(-1)
+    top, left, bottom, right = boxes.to(locations.device)[:, :, None].unbind(1)
+    return (row >= top) & (row < bottom) & (column >= left) & (column < right)
+
+
+def on_target_chance(boxes: Tensor, height: int, width: int) -> Tensor:
+    """The chance that a location uniform on [-1, 1]^2 has its centre pixel in the box (`on_target`): (B,).
+
+    The centre's pixel coordinates are then uniform on [0, width) x [0, height), so the chance is the box's share
+    of the image's area.
+    """
+    top, left, bottom, right = boxes.cpu().double().unbind(1)
+    return (bottom - top) * (right - left) / (height * width)
 
 
 @torch.no_grad()
@@ -31,33 +55,63 @@ def evaluate_model(
     samples: int = 10,
     generator: torch.Generator | None = None,
     count_pixels: bool = False,
+    boxes: Tensor | None = None,
 ) -> dict[str, float]:
-    """Errors in percent of the sampled policy (`samples` runs averaged) and of the greedy policy.
+    """Errors in percent of the sampled policy (`samples` runs averaged), of its first run alone and of the greedy
+    policy.
 
-    A model without a stochastic policy gives the same figure for both. With
-    `count_pixels`, also the mean number of distinct pixels its greedy glimpses read.
+    `error`, `error_greedy` and `error_single` (M = 1): a model without a stochastic policy gives the same figure
+    for all three. With `count_pixels`, also `pixels_per_image`, the mean number of distinct pixels its greedy
+    glimpses read. With `boxes`, the target boxes of the batches' images in their order
+    (`GlimpseData.eval_boxes`), a model that moves its glimpses (ram, dram; not soft's grid) also gives, in
+    percent, `on_target`: the share of glimpses 2 .. T of all sampled runs whose centre pixel lies in the box (the
+    function `on_target`; the first glimpse's place is not the policy's choice); `on_target_greedy`: the same of
+    the greedy run; `on_target_chance`: the same for uniformly random locations (the function `on_target_chance`).
     """
     was_training = model.training
     model.eval()
-    wrong = wrong_greedy = seen = 0
+    wrong = wrong_greedy = wrong_single = seen = 0
     pixels = 0.0
+    hits = hits_greedy = looks = 0  # glimpses 2 .. T in the box: of all sampled runs, of the greedy run; in one run
+    chance = 0.0
     stochastic = getattr(model, "stochastic", False)
     for images, labels in batches:
+        h, w = images.shape[-2:]
         greedy = model(images, greedy=True, generator=generator)
         wrong_greedy += (greedy.logits.argmax(1) != labels).sum().item()
+        target = None
+        if boxes is not None and greedy.locations is not None and greedy.attention is None:
+            target = boxes[seen : seen + len(labels)]
+            looks += target.shape[0] * (greedy.locations.shape[1] - 1)
+            hits_greedy += on_target(greedy.locations[:, 1:], target, h, w).sum().item()
+            chance += on_target_chance(target, h, w).sum().item() * (greedy.locations.shape[1] - 1)
         if stochastic:
-            probs = sum(model(images, generator=generator).logits.softmax(1) for _ in range(samples))
+            # The same draws from `generator` in the same order as ever: the sampled error does not change.
+            probs = 0
+            for k in range(samples):
+                episode = model(images, generator=generator)
+                probs = probs + episode.logits.softmax(1)
+                if k == 0:
+                    wrong_single += (episode.logits.argmax(1) != labels).sum().item()
+                if target is not None:
+                    hits += on_target(episode.locations[:, 1:], target, h, w).sum().item()
             wrong += (probs.argmax(1) != labels).sum().item()
         else:
             wrong += (greedy.logits.argmax(1) != labels).sum().item()
         if count_pixels:
             sides = model.sensor.sides if hasattr(model, "sensor") else []
-            pixels += pixels_read(greedy.locations, sides, *images.shape[-2:]).expand(len(labels)).sum().item()
+            pixels += pixels_read(greedy.locations, sides, h, w).expand(len(labels)).sum().item()
         seen += len(labels)
     model.train(was_training)
-    out = {"error": 100.0 * wrong / seen, "error_greedy": 100.0 * wrong_greedy / seen}
+    if not stochastic:  # its one run is the greedy run
+        wrong_single, hits, samples = wrong, hits_greedy, 1
+    out = {"error": 100.0 * wrong / seen, "error_greedy": 100.0 * wrong_greedy / seen,
+           "error_single": 100.0 * wrong_single / seen}
     if count_pixels:
         out["pixels_per_image"] = pixels / seen
+    if looks:
+        out.update(on_target=100.0 * hits / (samples * looks), on_target_greedy=100.0 * hits_greedy / looks,
+                   on_target_chance=100.0 * chance / looks)
     return out
 
 
@@ -103,14 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = OmegaConf.create(state["config"])
         result = evaluate_model(
             model, data.eval_batches(args.split, cfg.trainer.eval_batch_size), cfg.trainer.eval_samples,
-            seeded(cfg.seed, "eval", args.split, device=data.device),
+            seeded(cfg.seed, "eval", args.split, device=data.device), boxes=data.eval_boxes(args.split),
         )
     except UserError as err:
         print(f"glimpse.evaluate: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint, "epoch": state.get("epoch"),
                       "split": args.split, f"{args.split}_error": result["error"],
-                      f"{args.split}_error_greedy": result["error_greedy"]}))
+                      f"{args.split}_error_greedy": result["error_greedy"],
+                      f"{args.split}_error_single": result["error_single"],
+                      # metrics.json's names: null where they do not apply
+                      "on_target": result.get("on_target"), "on_target_greedy": result.get("on_target_greedy"),
+                      "on_target_chance": result.get("on_target_chance")}))
     return 0
 
 

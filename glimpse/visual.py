@@ -6,6 +6,7 @@ TensorBoard (`log_pictures`) and to files (`python -m glimpse.visualize`).
 Small images are enlarged by a whole factor with nearest-neighbour, so each
 image pixel stays a crisp square and the glimpse rectangles fall on pixel edges.
 Captions name classes by the data's class names ('Sneaker', 'airplane') when given, else by index.
+On canvases the trajectories also show the target box, where the image's ink is, in TARGET's yellow.
 
 Coordinates are docs/design.md's and glimpse/sensor.py's: a location (x, y) in
 [-1, 1]^2 has its centre at pixel u = (x + 1) * W / 2, v = (y + 1) * H / 2,
@@ -49,11 +50,13 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 SIZE = 224  # target side of a drawn image, in screen pixels
 BAND = 20  # height of the text band above a picture
 RIGHT, WRONG, PATH = (120, 230, 120), (255, 110, 110), (235, 235, 235)
+TARGET = (255, 225, 0)  # the target box: a yellow none of PALETTE's step colours comes near
 GAP = 4  # white pixels between the pictures of a grid or a film strip
 # metrics.json key -> scalar tag that the HParams table shows for a run (docs/design.md's tag names).
 HPARAM_METRICS = {
     "test_error": "test/error", "test_error_greedy": "test/error_greedy",
     "val_error_best": "val/error_best", "pixels_per_image": "test/pixels_per_image",
+    "test_error_single": "test/error_single", "on_target_greedy": "test/on_target_greedy",
 }
 
 
@@ -184,24 +187,32 @@ def _items(values: Tensor | None, n: int) -> list[int | None]:
 def draw_trajectories(
     images: Tensor, locations: Tensor, sides: Sequence[int], labels: Tensor | None = None,
     predictions: Tensor | None = None, snap: bool = True, steps: int | None = None, size: int = SIZE,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None, targets: Tensor | None = None,
 ) -> Tensor:
     """Each image with the glimpses of its first `steps` steps drawn on it: uint8 (N, 3, BAND + k H, k W).
 
     `locations` (N, T, 2). One rectangle per scale in the step's colour (finest
     thickest), the step's number at the finest rectangle's corner, and a line
-    joining the patch centres in order. The band above says 'true y / pred y',
+    joining the patch centres in order. `targets` (N, 4), the target boxes
+    (top, left, bottom, right; `GlimpseData.eval_boxes`), are drawn in TARGET
+    around their pixels, under the glimpses. The band above says 'true y / pred y',
     y by its name in `class_names` (the data's `class_names`) when given.
     """
     n, _, h, w = images.shape
     steps = locations.shape[1] if steps is None else steps
     k = scale_factor(h, w, size)
     boxes = (glimpse_boxes(locations[:, :steps].detach().float().cpu(), sides, h, w, snap) * k).tolist()
+    target_boxes = [None] * n if targets is None else (targets.cpu() * k).tolist()
     pictures = _enlarge(_rgb(images), k)
     out = []
     for i, label, prediction in zip(range(n), _items(labels, n), _items(predictions, n)):
         picture = _pil(pictures[i])
         draw = ImageDraw.Draw(picture)
+        target = target_boxes[i]
+        if target is not None and target[2] > target[0] and target[3] > target[1]:  # an image without ink: none
+            top, left, bottom, right = target
+            # PIL's rectangle includes its last row and column; its outline grows inwards, onto the box's own pixels
+            draw.rectangle([left, top, right - 1, bottom - 1], outline=TARGET, width=2)
         centres = [((b[0][0] + b[0][2]) / 2, (b[0][1] + b[0][3]) / 2) for b in boxes[i]]
         if len(centres) > 1:
             draw.line(centres, fill=PATH, width=2)
@@ -249,10 +260,12 @@ def patch_grid(patches: Tensor, size: int = 48) -> Tensor:
 def episode_frames(
     images: Tensor, locations: Tensor, patches: Tensor, sides: Sequence[int], labels: Tensor | None = None,
     predictions: Tensor | None = None, snap: bool = True, size: int = SIZE, class_names: Sequence[str] | None = None,
+    targets: Tensor | None = None,
 ) -> Tensor:
     """One frame per glimpse: uint8 (N, T, 3, H', W'), for add_video and GIFs.
 
-    Frame t is the trajectory so far (steps 1 .. t + 1) with, on its right, the
+    Frame t is the trajectory so far (steps 1 .. t + 1, with the `targets` boxes
+    as `draw_trajectories` draws them) with, on its right, the
     patches of step t + 1 stacked finest first in a border of the step's colour;
     the prediction appears in the last frame only, as the model makes it after
     its last glimpse.
@@ -266,7 +279,8 @@ def episode_frames(
     frames = []
     for t in range(steps):
         said = predictions if t == steps - 1 else None
-        trajectory = draw_trajectories(images, locations, sides, labels, said, snap, t + 1, size, class_names)
+        trajectory = draw_trajectories(images, locations, sides, labels, said, snap, t + 1, size, class_names,
+                                       targets)
         _, _, th, tw = trajectory.shape
         frame = torch.zeros(n, 3, max(th, BAND + scales * side + 2 * border), tw + side + 2 * border, dtype=torch.uint8)
         frame[:, :, :th, :tw] = trajectory
@@ -347,11 +361,12 @@ def draw_attention(
 
 @torch.no_grad()
 def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, size: int = SIZE,
-             class_names: Sequence[str] | None = None) -> dict[str, Tensor]:
+             class_names: Sequence[str] | None = None, targets: Tensor | None = None) -> dict[str, Tensor]:
     """Run `model` greedily on `images` and draw whatever it supports, by name.
 
     Models that look through glimpses (ram, dram): 'trajectory' (N, 3, H, W),
-    'patches' (N, 3, H, W) and 'frames' (N, T, 3, H, W). Soft attention:
+    'patches' (N, 3, H, W) and 'frames' (N, T, 3, H, W), the trajectories with
+    the target boxes `targets` (N, 4) when given. Soft attention:
     'attention' (N, 3, H, W). Models that look at the whole image (fc, cnn): nothing.
     Captions name the classes by `class_names` (the data's `class_names`) when given.
     The model is put in eval mode for the run and given back in the mode it was in.
@@ -376,10 +391,10 @@ def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, siz
     patches = sensor(images, episode.locations)  # (N, T, scales, C, p, p): what each step read
     return {
         "trajectory": draw_trajectories(images, episode.locations, sensor.sides, labels, predictions, snap, size=size,
-                                        class_names=class_names),
+                                        class_names=class_names, targets=targets),
         "patches": patch_grid(patches),
         "frames": episode_frames(images, episode.locations, patches, sensor.sides, labels, predictions, snap, size,
-                                 class_names),
+                                 class_names, targets),
     }
 
 
@@ -399,13 +414,14 @@ def has_moviepy() -> bool:
 
 
 def log_pictures(writer: SummaryWriter, model: nn.Module, images: Tensor, labels: Tensor, step: int, fps: float = 2.0,
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, targets: Tensor | None = None) -> None:
     """Write the pictures of `model` on these fixed images to TensorBoard at `step`, under the module's tags.
 
     Each tag holds one grid (`tile`) of all the images, so a run adds a few cards, not a few per image; image i
     has the same place in the grids of trajectories, patches and episodes (the trajectories' columns).
+    `targets`: the images' target boxes (`GlimpseData.eval_boxes`), drawn on the trajectories.
     """
-    drawn = pictures(model, images, labels, class_names=class_names)
+    drawn = pictures(model, images, labels, class_names=class_names, targets=targets)
     if "attention" in drawn:
         writer.add_image("visual/attention", tile(drawn["attention"]), step)
     if "trajectory" in drawn:

@@ -4,7 +4,8 @@ Draws, for the first N validation images of the run (the ones training logs to
 TensorBoard), the same pictures as glimpse.visual.log_pictures, without TensorBoard:
 per image i, `{i}_trajectory.png`, `{i}_patches.png` and `{i}_episode.gif`
 (one frame per glimpse) for ram and dram, with `trajectories.png` holding all
-the trajectories in a row; `{i}_attention.png` for soft.
+the trajectories in a row; `{i}_attention.png` for soft. On canvases the trajectories
+show the target box, where the image is on the canvas.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def write_pictures(run: str | Path, out: str | Path | None = None, images: int =
     paths written."""
     model, state, data = load_run(run, which, device)
     x, y = next(data.eval_batches("val", images))
-    drawn = pictures(model, x, y, class_names=data.class_names)
+    boxes = data.eval_boxes("val")
+    drawn = pictures(model, x, y, class_names=data.class_names, targets=None if boxes is None else boxes[:images])
     if not drawn:
         raise UserError(f"{run}: model {state['config']['model']['name']!r} looks at the whole image; "
                         "there are no glimpses to draw")

@@ -146,6 +146,7 @@ def test_table_cells_failed_runs_csv_and_plots(sweep, tmp_path):
     assert rows["mnist"]["RAM (paper)"] == "1.12" and rows["cluttered_mnist60"]["RAM (paper)"] == "4.04"
     assert list(rows["mnist"]) == ["data set", "ram", "RAM (paper)", "soft", "fc", "DRAW (paper)"]
     assert_cells(table_rows(text, "## Greedy policy"), offset=1.0)
+    assert "## On target" not in text and "M = 1" not in text  # runs without those figures: no empty columns
 
     failed = text.split("## Failed or unfinished runs", 1)[1]
     assert str(sweep / str(FINISHED)) in failed and "RuntimeError: CUDA out of memory" in failed
@@ -276,6 +277,38 @@ def test_the_committed_comparisons_are_remade_from_the_committed_runs(made, tmp_
         return [line for line in path.read_text().splitlines() if not line.startswith("Produced by")]
 
     assert body(tmp_path / "table.md") == body(made)
+
+
+def test_where_runs_measure_their_looking_a_table_shows_it_beside_chance(tmp_path):
+    root = tmp_path / "runs"
+    looking = {  # (model, data, seed) -> metrics.json's figures; None: a run from before they were recorded
+        ("ram", "cluttered_mnist60", 0): {"on_target_greedy": 40.0, "on_target_chance": 8.0},
+        ("ram", "cluttered_mnist60", 1): {"on_target_greedy": 50.0, "on_target_chance": 8.0},
+        ("ram", "mnist", 0): {"on_target_greedy": None, "on_target_chance": None},  # no canvas: nothing to find
+        ("soft", "cluttered_mnist60", 0): {"on_target_greedy": None, "on_target_chance": None},  # no glimpses moved
+        ("fc", "mnist", 0): None,
+    }
+    for (model, data, seed), figures in looking.items():
+        folder = make_run(root / f"{model}_{data}_{seed}", model, data, seed, 2.0 + seed, GLIMPSES[model])
+        if figures is not None:
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics.update(test_error_single=3.0 + seed, on_target=None if figures["on_target_greedy"] is None
+                           else figures["on_target_greedy"] - 5, **figures)
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "cmp"
+    assert compare.main([str(root), "--out", str(out)]) == 0
+    text = (out / "table.md").read_text()
+    rows = table_rows(text, "## On target")
+    assert rows["cluttered_mnist60"] == {"data set": "cluttered_mnist60", "ram": "45.00 ± 7.07 (n=2)", "chance": "8.00"}
+    assert rows["mnist"] == {"data set": "mnist", "ram": "–", "chance": "–"}  # soft and fc: no column
+    per_cell = text.split("## Per cell", 1)[1]
+    assert "| one run (M = 1) |" in per_cell and "| 3.50 ± 0.71 (n=2) |" in per_cell  # ram's single-run error
+    with (out / "runs.csv").open() as f:
+        f.readline()
+        runs = {(r["model"], r["data"], r["seed"]): r for r in csv.DictReader(f)}
+    assert runs["ram", "cluttered_mnist60", "1"]["on_target_greedy"] == "50.0"
+    assert runs["ram", "cluttered_mnist60", "1"]["on_target"] == "45.0"
+    assert runs["ram", "mnist", "0"]["on_target_greedy"] == runs["fc", "mnist", "0"]["on_target_greedy"] == ""
 
 
 def test_settings_that_differ_get_their_own_columns_and_duplicates_count_once(tmp_path):

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from glimpse import kernels
-from glimpse.data import GlimpseData, canvas_torch, make_canvas, seeded
+from glimpse.data import GlimpseData, canvas_torch, ink_boxes, make_canvas, place_on_canvas, seeded
 from glimpse.errors import UserError
 from tests.conftest import make_cfg, needs_mnist
 
@@ -40,6 +40,31 @@ def test_fixed_position_puts_the_digit_in_the_corner():
     canvas = make_canvas(images, 60, 0, images, seeded(1), position=(0, 0))
     assert torch.equal(canvas[:, :, :28, :28], images)
     assert canvas[:, :, 28:, :].sum() == 0 and canvas[:, :, :, 28:].sum() == 0
+
+
+def test_the_target_box_is_the_images_ink_shifted_to_where_it_went():
+    images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    images[0, 0, 5:20, 8:13] = 200  # ink on rows 5 .. 19, columns 8 .. 12
+    images[1, 0, 27, 0] = 1  # one pixel in the bottom-left corner
+    assert ink_boxes(images).tolist() == [[5, 8, 20, 13], [27, 0, 28, 1]]  # (top, left, bottom, right), exclusive
+    canvas, corner = place_on_canvas(images, 60, 0, images, seeded(1), position=(10, 30))
+    assert corner.tolist() == [[10, 30], [10, 30]]
+    box = ink_boxes(images) + corner.repeat(1, 2)
+    assert box[0].tolist() == [15, 38, 30, 43]
+    top, left, bottom, right = box[0].tolist()
+    assert canvas[0, 0, top:bottom, left:right].int().sum() == canvas[0].int().sum() == 15 * 5 * 200  # all the ink
+    assert ink_boxes(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).tolist() == [[0, 0, 0, 0]]  # no ink: an empty box
+
+
+def test_placing_draws_what_make_canvas_draws():
+    """The positions come from the draws make_canvas makes anyway: the canvases and the generator's stream stay."""
+    images = digits(8)
+    g1, g2 = seeded(4), seeded(4)
+    canvas = make_canvas(images, 60, 3, images, g1, indices=torch.arange(8))
+    again, corner = place_on_canvas(images, 60, 3, images, g2, indices=torch.arange(8))
+    assert torch.equal(canvas, again) and torch.equal(g1.get_state(), g2.get_state())
+    for b, (top, left) in enumerate(corner.tolist()):
+        assert bool((again[b, :, top : top + 28, left : left + 28] >= images[b]).all())  # the image, clutter added
 
 
 def test_clutter_adds_pieces_of_other_images_clipped():
@@ -95,6 +120,23 @@ def test_splits_are_fixed_by_the_seed_and_evaluation_canvases_never_change():
     epoch1 = next(a.train_batches(64, seeded(0, "train", 1)))[0]
     replay = next(b.train_batches(64, seeded(0, "train", 0)))[0]
     assert torch.equal(epoch0, replay) and not torch.equal(epoch0, epoch1)
+
+
+@needs_mnist
+def test_each_evaluation_canvas_knows_the_box_of_its_digits_ink():
+    translated = GlimpseData(make_cfg("data=translated_mnist", "data.eval_limit=50", "data.train_limit=10").data, 0)
+    for split in ("val", "test"):
+        canvases = torch.cat([x for x, _ in translated.eval_batches(split, 20)])
+        boxes = translated.eval_boxes(split)
+        assert boxes.shape == (50, 4) and boxes.dtype == torch.int64
+        for canvas, (top, left, bottom, right) in zip(canvases, boxes.tolist()):
+            rows, cols = canvas[0].nonzero(as_tuple=True)  # no clutter: every lit pixel is the digit's
+            assert (top, left, bottom, right) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+            assert bottom - top < 28 and right - left < 28  # the ink, not the image's blank 28 x 28 frame
+    cluttered = GlimpseData(make_cfg("data=cluttered_mnist60", "data.eval_limit=50", "data.train_limit=10").data, 0)
+    assert torch.equal(cluttered.eval_boxes("test"), translated.eval_boxes("test"))  # same digits, same places
+    plain = GlimpseData(make_cfg("data.eval_limit=50", "data.train_limit=10").data, 0)
+    assert plain.eval_boxes("test") is None  # no canvas: the digit fills its frame, there is nothing to find
 
 
 @needs_mnist

@@ -162,6 +162,23 @@ def test_a_corner_glimpse_is_clipped_at_the_corner():
     assert not mask[edge + 2 :, :].any() and not mask[:, edge + 2 :].any()
 
 
+def test_the_target_box_is_drawn_around_its_pixels_under_the_glimpses():
+    """A target box of image rows 5 .. 19 and columns 8 .. 12 (`GlimpseData.eval_boxes`), the glimpse elsewhere."""
+    images, locations = torch.zeros(1, *SHAPE), torch.tensor([[[0.8, 0.8]]])
+    picture = draw_trajectories(images, locations, [4], targets=torch.tensor([[5, 8, 20, 13]]))[0]
+    mask = coloured(picture[:, BAND:], visual.TARGET)
+    top, left, bottom, right = 5 * K, 8 * K, 20 * K - 1, 13 * K - 1  # its first and last screen rows and columns
+    assert mask[top, left:right].all() and mask[bottom, left:right].all()
+    assert mask[top:bottom, left].all() and mask[top:bottom, right].all()
+    assert not mask[top + 2 : bottom - 1, left + 2 : right - 1].any()  # an outline, inside the box's own pixels
+    assert not mask[: top].any() and not mask[bottom + 1 :].any() and not mask[:, right + 1 :].any()
+    assert visual.TARGET not in PALETTE
+    plain = draw_trajectories(images, locations, [4])[0]
+    assert not coloured(plain, visual.TARGET).any()  # no boxes known, none drawn
+    empty = draw_trajectories(images, locations, [4], targets=torch.tensor([[5, 8, 5, 8]]))[0]
+    assert not coloured(empty, visual.TARGET).any()  # an image without ink has an empty box: nothing to draw
+
+
 def test_steps_have_their_own_colours_and_a_path_joins_them():
     locations = torch.tensor([[[-0.5, -0.5], [0.5, 0.5]]])
     picture = draw_trajectories(torch.zeros(1, *SHAPE), locations, [8])[0, :, BAND:]

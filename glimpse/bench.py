@@ -12,7 +12,8 @@ the MACs per image (FlopCounterMode), as JSON.
 Times, for the configured model and data, on the configured device:
 - training images/s: whole steps (canvas generation, then the training loop's step, `glimpse.train.train_step`:
   forward, hybrid loss, backward, the finiteness check, Adam; for RAM on CUDA its CUDA graph, `GraphedStep`),
-  warm-up excluded, the median of R repeats of N steps;
+  warm-up excluded, the median of R repeats of N steps; and episodes/s, K times that with `model.episodes_per_image`
+  K (the figure to compare with images/s at K = 1: a step then runs K episodes of each of its images);
 - inference images/s: greedy-policy forward at the same batch size;
 - the share of a training step spent generating the batch and in the sensor,
   both timed inside the training steps themselves (the sensor's T calls by
@@ -39,6 +40,7 @@ from glimpse.config import compose_config, resolve_device, validate
 from glimpse.data import GlimpseData, default_root, load_source, make_canvas, seeded
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS, build_model
+from glimpse.objectives import repeat_episodes
 from glimpse.train import GraphedStep, make_optimizer, training_step
 
 
@@ -85,6 +87,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     optimizer, _ = make_optimizer(model, cfg)
     take_step = training_step(model, optimizer, cfg, device)
     b, m = cfg.trainer.batch_size, cfg.model
+    k = m.get("episodes_per_image", 1)  # a training step runs k * b episodes
     gen = seeded(cfg.seed, "bench", device=device)
     stream = endless_batches(data, b, gen)
     first_images, first_labels = next(stream)
@@ -117,12 +120,13 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
 
         sensor.register_forward_pre_hook(started)
         sensor.register_forward_hook(finished)
-    locations = torch.rand(m.get("glimpses", 1), b, 2, generator=gen, device=device) * 2 - 1
+    locations = torch.rand(m.get("glimpses", 1), k * b, 2, generator=gen, device=device) * 2 - 1
+    episode_images, _ = repeat_episodes(first_images, first_labels, k)  # what the training step's sensor reads
 
     def sensor_step():
         with torch.no_grad():
             for loc in locations:
-                sensor(first_images, loc)
+                sensor(episode_images, loc)
 
     def infer_step():
         model.eval()
@@ -132,7 +136,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
 
     # This machine's fp32 matrix-product rate at the core network's shape, timed beside the steps, so
     # that figures taken at different times on a shared machine compare as fractions of what it gave then.
-    a, w = torch.randn(b, 512, device=device), torch.randn(512, 256, device=device)
+    a, w = torch.randn(k * b, 512, device=device), torch.randn(512, 256, device=device)
     parts = {"train": training, "data": data_step, "infer": infer_step, "matmul": lambda: a @ w}
     if sensor is not None:
         parts["sensor"] = sensor_step
@@ -153,8 +157,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
     else:  # kernels run asynchronously: a clock inside the step would not see them
         per_step, share, both = {part: med[part] for part in parts_timed}, alone, alone["data"] + alone["sensor"]
     macs = macs_per_image(model, first_images[:8])
-    flops = 6 * macs * b  # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
-    peak = 2 * b * 512 * 256 / med["matmul"] / 1e9
+    flops = 6 * macs * k * b  # forward + backward ~ 3x the forward's multiply-adds, 2 FLOPs each
+    peak = 2 * k * b * 512 * 256 / med["matmul"] / 1e9
     return {
         "model": m.name, "data": cfg.data.name, "batch_size": b, "glimpses": m.get("glimpses"),
         "sensor": dict(cfg.sensor), "device": str(device), "cuda_graph": isinstance(take_step, GraphedStep),
@@ -162,6 +166,8 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         "steps": steps, "repeats": repeats,
         "train_images_per_second": b / step,
         "train_images_per_second_repeats": [round(b / s, 1) for s in t["train"]],
+        "episodes_per_image": k,
+        "train_episodes_per_second": k * b / step,
         "inference_images_per_second": b / med["infer"],
         "step_ms": 1e3 * step,
         "shares_timed": "inside the training steps" if cpu else "alone",
@@ -176,7 +182,7 @@ def bench(cfg, steps: int = 30, repeats: int = 5) -> dict:
         "macs_per_image": macs,
         "train_gflop_per_second": flops / step / 1e9,
         "matmul_gflop_per_second": peak,
-        "fraction_of_matmul_rate": statistics.median(flops / x / (2 * b * 512 * 256 / m_)
+        "fraction_of_matmul_rate": statistics.median(flops / x / (2 * k * b * 512 * 256 / m_)
                                                      for x, m_ in zip(t["train"], t["matmul"])),
     }
 

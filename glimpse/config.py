@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from glimpse.data import SOURCES
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS
+from glimpse.objectives import BASELINES
 from glimpse.sensor import RESIZES
 
 # The repository's conf/, installed as the package glimpse.conf (pyproject.toml): the same folder in editable
@@ -207,7 +208,7 @@ def validate(cfg: DictConfig) -> None:
         positive_int(key)
     # Model keys are checked where the chosen model has them (fc has no glimpses, cnn no hidden size).
     model_keys = set(cfg.model.keys())
-    for key in ("glimpses", "hidden", "what", "where", "glimpse_out", "stride", "heads"):
+    for key in ("glimpses", "hidden", "what", "where", "glimpse_out", "stride", "heads", "episodes_per_image"):
         if key in model_keys:
             positive_int(f"model.{key}")
     if "heads" in model_keys and cfg.model.hidden % cfg.model.heads:
@@ -229,6 +230,12 @@ def validate(cfg: DictConfig) -> None:
         v = _get(cfg, f"model.{key}")
         if key in model_keys and not (_is_number(v) and v >= 0):
             raise ConfigError(f"model.{key}", v, "a number >= 0")
+    if "baseline" in model_keys:
+        one_of("model.baseline", BASELINES)
+        k = cfg.model.get("episodes_per_image", 1)
+        if cfg.model.baseline == "episodes" and k < 2:
+            raise ConfigError("model.baseline", "episodes", f"learned; episodes needs model.episodes_per_image >= 2, "
+                              f"not {k}")
     if "core" in model_keys:
         one_of("model.core", ("rnn", "lstm", "gru"))
     if "eval_start" in model_keys:
@@ -238,6 +245,9 @@ def validate(cfg: DictConfig) -> None:
             boolean(f"model.{key}")
     one_of("sensor.resize", RESIZES)
     one_of("trainer.schedule", ("cosine", "constant"))
+    v = _get(cfg, "trainer.clip_grad_norm")
+    if v is not None and not (_is_number(v) and v > 0):
+        raise ConfigError("trainer.clip_grad_norm", v, "a number > 0 (the largest total gradient norm) or null")
     for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):
         boolean(key)
     one_of("trainer.on_nonfinite", ("stop", "skip"))

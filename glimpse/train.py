@@ -42,7 +42,7 @@ from glimpse.errors import UserError
 from glimpse.evaluate import evaluate_model, load_weights
 from glimpse.models import build_model
 from glimpse.models.common import Episode
-from glimpse.objectives import hybrid_loss
+from glimpse.objectives import hybrid_loss, repeat_episodes
 from glimpse.visual import hparam_metrics, log_hparams, log_pictures
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,20 @@ def mixed_precision(device: torch.device, precision: str = "fp32", cache: bool =
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               generator: torch.Generator, m: DictConfig,
-               precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
-    """One Adam step on the hybrid loss of one episode; skipped when the loss or a gradient is not finite.
+               generator: torch.Generator, m: DictConfig, precision: str = "fp32",
+               clip_grad_norm: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+    """One Adam step on the hybrid loss of `model.episodes_per_image` (K) episodes of each image (one by default);
+    skipped when the loss or a gradient is not finite.
 
-    Returns the loss, its terms (detached) and whether the weights were updated. `glimpse.bench`
-    times this very function (the loop's running sums of the terms, a few small additions, it does not).
+    The K episodes of an image are K rows of one batch (`repeat_episodes`), so every model, RAM's fused path
+    included, runs them as it runs any batch. Returns the loss, its terms (detached) and whether the weights were
+    updated. `glimpse.bench` times this very function (the loop's running sums of the terms, a few small
+    additions, it does not).
     """
+    images, labels = repeat_episodes(images, labels, m.get("episodes_per_image", 1))
     optimizer.zero_grad(set_to_none=True)
-    loss, terms, bad = backward(model, lambda: model(images, generator=generator), labels, m, precision)
+    loss, terms, bad = backward(model, lambda: model(images, generator=generator), labels, m, precision,
+                                clip_grad_norm=clip_grad_norm)
     finite = not bool(bad)  # one sync per step: a NaN/inf must never reach the weights or the checkpoints
     if finite:
         optimizer.step()
@@ -83,14 +88,22 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 
 def backward(model: torch.nn.Module, episode: Callable[[], Episode], labels: torch.Tensor, m: DictConfig,
-             precision: str = "fp32", cache: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+             precision: str = "fp32", cache: bool = True,
+             clip_grad_norm: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The hybrid loss of `episode()` (run under `mixed_precision`), backpropagated: the loss (detached), its terms,
-    and `nonfinite`."""
+    and `nonfinite`. With `clip_grad_norm` (`trainer.clip_grad_norm`) the gradient is then scaled down to that
+    total norm if it is larger, and its norm before clipping is the term `grad_norm`."""
     with mixed_precision(labels.device, precision, cache):
-        loss, terms = hybrid_loss(episode(), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0))
+        loss, terms = hybrid_loss(episode(), labels, m.get("reinforce_weight", 0.0), m.get("baseline_weight", 0.0),
+                                  m.get("baseline", "learned"), m.get("episodes_per_image", 1))
     loss.backward()
     loss = loss.detach()  # nothing may keep this step's autograd graph (on CUDA: its streams) alive into the next
-    return loss, terms, nonfinite(model, loss)
+    bad = nonfinite(model, loss)
+    if clip_grad_norm is not None:
+        # After the check, which must see the gradient as backward left it: clipping by a NaN or infinite norm
+        # would turn every gradient into NaN or zeros. No host sync, so a CUDA graph can hold it.
+        terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    return loss, terms, bad
 
 
 def nonfinite(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
@@ -111,13 +124,15 @@ class GraphedStep:
     `found_inf` (weights, moments and step count untouched), as a graph cannot branch. The first
     WARMUP full batches step uncaptured on a side stream (autograd's and Adam's state, the sensor's
     constants), as capture requires; a batch of another size (an epoch's last) steps eagerly.
+    With `model.episodes_per_image` K > 1 the graph's batch is the K x B episodes `train_step` would run.
     """
 
     WARMUP = 3
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m: DictConfig,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", clip_grad_norm: float | None = None):
         self.model, self.optimizer, self.m, self.precision = model, optimizer, m, precision
+        self.clip_grad_norm = clip_grad_norm
         device = next(model.parameters()).device
         self.lr, self.found_inf = torch.zeros((), device=device), torch.zeros((), device=device)
         self.side = torch.cuda.Stream(device)  # the warm-up's stream
@@ -128,15 +143,17 @@ class GraphedStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
         if self.shape is None:  # the first batch of a run is a full one
-            self.shape, b = images.shape, len(labels)
-            self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
-            self.start = images.new_empty(b, 2)
-            self.noise = images.new_empty(b, self.model.glimpses - 1, 2)
+            self.shape = images.shape
         if images.shape != self.shape:
-            return train_step(self.model, self.optimizer, images, labels, generator, self.m, self.precision)
+            return train_step(self.model, self.optimizer, images, labels, generator, self.m, self.precision,
+                              self.clip_grad_norm)
+        images, labels = repeat_episodes(images, labels, self.m.get("episodes_per_image", 1))
+        start, noise = self.model.draws(len(labels), images.device, generator)
+        if self.steps == 0:  # the graph's inputs, each in its own dtype (the images' is uint8, the draws' float)
+            self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
+            self.start, self.noise = torch.empty_like(start), torch.empty_like(noise)
         self.images.copy_(images)
         self.labels.copy_(labels)
-        start, noise = self.model.draws(len(labels), images.device, generator)
         self.start.copy_(start)
         self.noise.copy_(noise)
         self.lr.fill_(self.optimizer.param_groups[0]["lr"])
@@ -161,7 +178,8 @@ class GraphedStep:
     def _step(self, capturing: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """train_step's body without a host decision: the episode, the loss, backward, Adam (a no-op if not finite)."""
         loss, terms, bad = backward(self.model, lambda: self.model.episode(self.images, self.start, self.noise),
-                                    self.labels, self.m, self.precision, cache=False)
+                                    self.labels, self.m, self.precision, cache=False,
+                                    clip_grad_norm=self.clip_grad_norm)
         self.found_inf.copy_(bad)
         # Adam reads the device lr and found_inf only here; its groups keep float lrs for the schedule and checkpoints.
         groups = self.optimizer.param_groups
@@ -181,13 +199,16 @@ class GraphedStep:
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig, device: torch.device):
     """The step the loop calls as take_step(images, labels, generator): GraphedStep for RAM on CUDA with
     `trainer.cuda_graph`, else `train_step`."""
+    clip = cfg.trainer.get("clip_grad_norm")
     if device.type == "cuda" and cfg.trainer.get("cuda_graph", False) and hasattr(model, "draws"):
-        return GraphedStep(model, optimizer, cfg.model, cfg.trainer.precision)
-    return functools.partial(train_step, model, optimizer, m=cfg.model, precision=cfg.trainer.precision)
+        return GraphedStep(model, optimizer, cfg.model, cfg.trainer.precision, clip)
+    return functools.partial(train_step, model, optimizer, m=cfg.model, precision=cfg.trainer.precision,
+                             clip_grad_norm=clip)
 
 
 # Keys added after run folders were written without them: the value that computes what those runs did.
-ADDED_KEYS = {"trainer.precision": "fp32", "model.fused": True}
+ADDED_KEYS = {"trainer.precision": "fp32", "model.fused": True, "model.episodes_per_image": 1,
+              "model.baseline": "learned", "trainer.clip_grad_norm": None}
 
 
 class NonFiniteError(UserError):
@@ -368,13 +389,14 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
     progress["train_seconds"] += seconds
     progress["images_seen"] += n
     step = (epoch + 1) * run.steps_per_epoch
+    boxes = run.data.eval_boxes("val")
     val = evaluate_model(run.model, run.data.eval_batches("val", t.eval_batch_size), t.eval_samples,
-                         seeded(cfg.seed, "eval", "val", device=run.device))
+                         seeded(cfg.seed, "eval", "val", device=run.device), boxes=boxes)
     scalars = {f"train/{k}": v.item() / max(n, 1) for k, v in sums.items()}
     if "train/reward" in scalars:
         scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
     scalars.update({"train/lr": lr, "train/images_per_second": n / max(seconds, 1e-9), "train/skipped_batches": skipped,
-                    "val/error": val["error"], "val/error_greedy": val["error_greedy"]})
+                    **{f"val/{k}": v for k, v in val.items()}})
     std = getattr(getattr(run.model, "location_net", None), "std", None)
     if std is not None:
         scalars["train/location_std"] = std
@@ -382,7 +404,8 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
         writer.add_scalar(k, v, step)
     if t.visual_every and ((epoch + 1) % t.visual_every == 0 or epoch + 1 == t.epochs):
         tic = time.perf_counter()
-        log_pictures(writer, run.model, *shown, step, class_names=run.data.class_names)
+        log_pictures(writer, run.model, *shown, step, class_names=run.data.class_names,
+                     targets=None if boxes is None else boxes[: len(shown[1])])
         progress["picture_seconds"] = progress.get("picture_seconds", 0.0) + time.perf_counter() - tic
 
     if val["error"] < progress["best_val_error"]:
@@ -409,18 +432,23 @@ def score_on_test(run: Run) -> dict:
     best = checkpoint.load(run.folder.best, map_location=device)
     load_weights(model, best["model"], run.folder.best)
     result = evaluate_model(model, data.eval_batches("test", t.eval_batch_size), t.eval_samples,
-                            seeded(cfg.seed, "eval", "test", device=device), count_pixels=True)
+                            seeded(cfg.seed, "eval", "test", device=device), count_pixels=True,
+                            boxes=data.eval_boxes("test"))
     probe = next(data.eval_batches("test", 8))[0]
     inference = inference_images_per_second(model, data, t.eval_batch_size)
     return {
         "model": m.name, "data": cfg.data.name, "seed": cfg.seed,
         "test_error": result["error"], "test_error_greedy": result["error_greedy"],
+        "test_error_single": result["error_single"],
         "val_error_best": progress["best_val_error"], "best_epoch": progress["best_epoch"], "epochs": t.epochs,
         "train_seconds": progress["train_seconds"],
         "train_images_per_second": progress["images_seen"] / max(progress["train_seconds"], 1e-9),
         "inference_images_per_second": inference, "picture_seconds": progress.get("picture_seconds", 0.0),
         "params": params(model), "macs_per_image": macs_per_image(model, probe),
         "pixels_per_image": result["pixels_per_image"],
+        # null where they do not apply: data without a canvas, models that do not move glimpses
+        "on_target": result.get("on_target"), "on_target_greedy": result.get("on_target_greedy"),
+        "on_target_chance": result.get("on_target_chance"),
         "glimpses": m.get("glimpses"), "device": str(device), "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }

@@ -5,7 +5,7 @@ import torch
 
 from glimpse.models import build_model
 from glimpse.models.ram import RAM
-from glimpse.objectives import hybrid_loss
+from glimpse.objectives import hybrid_loss, repeat_episodes
 from tests.conftest import make_cfg
 
 
@@ -84,15 +84,16 @@ def test_reinforce_moves_the_mean_towards_rewarded_samples_and_away_from_the_oth
     assert (torch.sign(step) == direction).all()
 
 
-@pytest.mark.parametrize("shape, retina", [
-    ((1, 28, 28), dict(glimpses=6, patch=8)),  # the ram_mnist preset
-    ((1, 60, 60), dict(glimpses=8, patch=12, scales=3, resize="bilinear")),  # the cluttered presets
-    ((3, 32, 32), dict(glimpses=2, patch=8)),
-    ((1, 28, 28), dict(glimpses=1, patch=8)),
+@pytest.mark.parametrize("shape, retina, episodes_per_image, baseline", [
+    ((1, 28, 28), dict(glimpses=6, patch=8), 1, "learned"),  # the ram_mnist preset
+    ((1, 60, 60), dict(glimpses=8, patch=12, scales=3, resize="bilinear"), 1, "learned"),  # the cluttered presets
+    ((3, 32, 32), dict(glimpses=2, patch=8), 1, "learned"),
+    ((1, 28, 28), dict(glimpses=1, patch=8), 1, "learned"),
+    ((1, 28, 28), dict(glimpses=6, patch=8), 4, "episodes"),  # model.episodes_per_image=4 model.baseline=episodes
 ])
-def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina):
+def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina, episodes_per_image, baseline):
     """fused=True (RNNEpisode, the fast path for core=rnn) gives fused=False's episode and gradients (the plain
-    loop, autograd throughout), in float64."""
+    loop, autograd throughout), in float64; K episodes per image are K rows of the batch to both."""
     torch.set_default_dtype(torch.float64)
     try:
         torch.manual_seed(0)
@@ -101,10 +102,11 @@ def test_hand_written_bptt_equals_autograd_through_the_plain_loop(shape, retina)
         plain.load_state_dict(fused.state_dict())
         g = torch.Generator().manual_seed(1)
         images, labels = torch.rand(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g)
+        images, labels = repeat_episodes(images, labels, episodes_per_image)
         episodes = []
         for model in (fused, plain):
             ep = model(images, generator=torch.Generator().manual_seed(2))
-            hybrid_loss(ep, labels)[0].backward()
+            hybrid_loss(ep, labels, baseline=baseline, episodes_per_image=episodes_per_image)[0].backward()
             episodes.append(ep)
         # equal up to rounding: the two sum the same products in another order
         torch.testing.assert_close(episodes[0].locations, episodes[1].locations, rtol=1e-12, atol=1e-12)

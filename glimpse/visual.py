@@ -293,8 +293,7 @@ def episode_frames(
 
 def film_strip(frames: Tensor, gap: int = GAP) -> Tensor:
     """Pictures (T, 3, H, W) side by side, `gap` white columns apart: a video as one image."""
-    padded = F.pad(frames, (0, gap), value=255)
-    return padded.permute(1, 2, 0, 3).reshape(frames.shape[1], frames.shape[2], -1)[..., :-gap]
+    return tile(frames, columns=frames.shape[0], gap=gap)
 
 
 def grid_columns(n: int, height: int, width: int) -> int:

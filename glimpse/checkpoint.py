@@ -94,8 +94,10 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: I
     """'key: saved -> current' for every config key that differs (nested keys dotted), `ignore`d keys left out.
 
     `absent` maps keys added to the config after `saved` may have been written to the value that
-    computes what a config without them did: a saved config lacking one of them holds that value.
+    computes what a config without them did: a saved config lacking one of them holds that value, where
+    `current` has the key at all (RAM's keys are no difference for a model without them).
     """
-    a, b, skip = {**(absent or {}), **flatten(saved)}, flatten(current), set(ignore)
+    b, skip = flatten(current), set(ignore)
+    a = {**{k: v for k, v in (absent or {}).items() if k in b}, **flatten(saved)}
     return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in sorted(a.keys() | b.keys())
             if k not in skip and a.get(k, "<absent>") != b.get(k, "<absent>")]

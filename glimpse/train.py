@@ -33,7 +33,6 @@ from glimpse.config import (
     RESULT_NEUTRAL_KEYS,
     check_overrides,
     compose_config,
-    flatten,
     resolve_device,
     validate,
 )
@@ -324,9 +323,8 @@ class Run:
         # Loaded on the CPU: the RNG states must stay CPU byte tensors; weights and Adam's state move as they load.
         state = checkpoint.load(path, map_location="cpu",
                                 required=("config", "model", "optimizer", "scheduler", "progress"))
-        current = flatten(self.config)
-        absent = {k: v for k, v in ADDED_KEYS.items() if k in current}  # a key this model does not have stays absent
-        changed = checkpoint.config_differences(state["config"], self.config, ignore=RESULT_NEUTRAL_KEYS, absent=absent)
+        changed = checkpoint.config_differences(state["config"], self.config, ignore=RESULT_NEUTRAL_KEYS,
+                                                absent=ADDED_KEYS)
         if changed:
             raise UserError(f"checkpoint {path} was written by a different config; "
                             f"differing keys: {'; '.join(changed)}")

@@ -223,6 +223,10 @@ def validate(cfg: DictConfig) -> None:
         v = _get(cfg, "model.std")
         if not (_is_number(v) and v > 0):
             raise ConfigError("model.std", v, "a number > 0")
+    if model_keys & {"std_final"}:
+        v = _get(cfg, "model.std_final")
+        if not (v is None or (_is_number(v) and v > 0)):
+            raise ConfigError("model.std_final", v, "null or a number > 0")
     v = _get(cfg, "sensor.scale_factor")
     if not (_is_number(v) and v >= 1):
         raise ConfigError("sensor.scale_factor", v, "a number >= 1")

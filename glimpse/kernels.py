@@ -14,10 +14,19 @@ whole canvas is drawn in one pass while it is in cache (the measurements: experi
 
 from __future__ import annotations
 
-import numba
-import numpy as np
+import os
+
 import torch
-from numba import njit, prange, types
+
+# numba sizes its thread pool once, at import, from NUMBA_NUM_THREADS (default: every core); set_num_threads
+# only narrows later regions. A run given one thread (OMP_NUM_THREADS=1, as when two runs share two cores) must
+# not start a pool of every core's width: its idle workers spin in the OpenMP runtime torch shares, and a
+# training run beside another slowed several-fold.
+os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic
 from torch import Tensor
 

@@ -58,6 +58,15 @@ def make_optimizer(model: torch.nn.Module,
     return opt, sched
 
 
+def location_std(m: DictConfig, epochs: int, epoch: int) -> float:
+    """The location policy's std for epoch `epoch` (0-based): `model.std`, or with `model.std_final` a cosine from
+    `model.std` at the first epoch to `model.std_final` at the last, the shape of the learning-rate schedule."""
+    final = m.get("std_final")
+    if final is None or epochs < 2:
+        return float(m.std if final is None else final)
+    return final + (m.std - final) * (1 + math.cos(math.pi * epoch / (epochs - 1))) / 2
+
+
 def mixed_precision(device: torch.device, precision: str = "fp32", cache: bool = True) -> torch.autocast:
     """`trainer.precision`'s context for a training step's forward and loss: bf16 is torch.autocast's bfloat16
     (matrix products in bfloat16; weights, gradients, Adam and the loss in float32), fp32 changes nothing.
@@ -207,7 +216,7 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
 
 # Keys added after run folders were written without them: the value that computes what those runs did.
 ADDED_KEYS = {"trainer.precision": "fp32", "model.fused": True, "model.episodes_per_image": 1,
-              "model.baseline": "learned", "trainer.clip_grad_norm": None}
+              "model.baseline": "learned", "trainer.clip_grad_norm": None, "model.std_final": None}
 
 
 class NonFiniteError(UserError):
@@ -360,6 +369,8 @@ def train_epoch(run: Run, epoch: int, take_step: Callable) -> tuple[dict[str, to
     n, seconds, skipped = progress["images"], progress["seconds"], progress["skipped"]
     every = t.checkpoint_every_minutes * 60
     run.model.train()
+    if hasattr(run.model, "location_net"):  # in place: a captured CUDA graph reads the buffer
+        run.model.location_net.std.fill_(location_std(run.cfg.model, t.epochs, epoch))
     tic = time.perf_counter()
     for batch, (images, labels) in enumerate(batches, start=start + 1):
         loss, terms, finite = take_step(images, labels, gen)
@@ -397,7 +408,7 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
                     **{f"val/{k}": v for k, v in val.items()}})
     std = getattr(getattr(run.model, "location_net", None), "std", None)
     if std is not None:
-        scalars["train/location_std"] = std
+        scalars["train/location_std"] = std.item()
     for k, v in scalars.items():
         writer.add_scalar(k, v, step)
     if t.visual_every and ((epoch + 1) % t.visual_every == 0 or epoch + 1 == t.epochs):

@@ -10,7 +10,7 @@ from glimpse.errors import ConfigError
 from glimpse.models import build_model
 from glimpse.models.common import Episode
 from glimpse.objectives import hybrid_loss, leave_one_out_mean, repeat_episodes
-from glimpse.train import make_optimizer, train, train_step
+from glimpse.train import location_std, make_optimizer, train, train_step
 from tests.conftest import make_cfg, needs_mnist
 
 
@@ -141,6 +141,7 @@ def test_a_nonfinite_gradient_still_skips_the_step_when_clipping():
     ("model.baseline=episodes", "episodes needs model.episodes_per_image >= 2, not 1"),
     ("trainer.clip_grad_norm=-1", "a number > 0"),
     ("trainer.clip_grad_norm=often", "a number > 0"),
+    ("model.std_final=0", "null or a number > 0"),
 ])
 def test_invalid_training_options_are_refused_in_one_line(override, allowed):
     with pytest.raises(ConfigError) as err:
@@ -161,3 +162,36 @@ def test_a_short_run_with_four_episodes_per_image_the_episodes_baseline_and_clip
     assert metrics["test_error"] < 85  # chance is 90%; 461 training images, 60 steps
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert all(record["train/grad_norm"] > 0 for record in history)
+
+
+def test_the_std_schedule_falls_from_std_at_the_first_epoch_to_std_final_at_the_last():
+    m = make_cfg("model.std=0.2", "model.std_final=0.05").model
+    stds = [location_std(m, 5, epoch) for epoch in range(5)]
+    assert stds[0] == pytest.approx(0.2) and stds[-1] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(stds, stds[1:]))
+    assert location_std(make_cfg("model.std=0.2").model, 5, 3) == 0.2  # std_final null: constant
+
+
+def test_the_policy_std_is_part_of_the_weights_and_old_checkpoints_load_at_the_configs_std():
+    model = build_model(make_cfg("model.std=0.2"), (1, 28, 28), 10)
+    model.location_net.std.fill_(0.07)
+    weights = model.state_dict()
+    fresh = build_model(make_cfg("model.std=0.2"), (1, 28, 28), 10)
+    fresh.load_state_dict(weights)
+    assert fresh.location_net.std.item() == pytest.approx(0.07)
+    del weights["location_net.std"]  # as checkpoints were written before the schedule
+    fresh.load_state_dict(weights)
+    assert fresh.location_net.std.item() == pytest.approx(0.2)
+
+
+@needs_mnist
+def test_a_run_with_the_std_schedule_trains_and_reports_each_epochs_std(tmp_path):
+    import json
+
+    train(make_cfg("model.std=0.2", "model.std_final=0.05", "data.train_limit=256", "data.eval_limit=200",
+                   "trainer.epochs=3", "trainer.eval_samples=1", "trainer.visual_every=0", "device=cpu"), tmp_path)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [round(r["train/location_std"], 3) for r in history] == [0.2, 0.125, 0.05]
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    best_epoch = min(history, key=lambda r: r["val/error"])
+    assert best["model"]["location_net.std"].item() == pytest.approx(best_epoch["train/location_std"])

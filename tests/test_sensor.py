@@ -198,3 +198,15 @@ def test_sensor_writes_into_a_given_buffer(images):
     assert sensor(images, locations, out=view) is view
     torch.testing.assert_close(view, sensor(images, locations), rtol=0, atol=0)
     assert (rows[:, -2:] == -7).all()
+
+
+def test_a_run_given_one_thread_starts_numba_with_one_thread_too():
+    """Two runs side by side with OMP_NUM_THREADS=1 each: numba's pool must not be every core's width."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", "import glimpse.kernels, numba; print(numba.config.NUMBA_NUM_THREADS)"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"

@@ -85,12 +85,22 @@ class CoreNetwork(nn.Module):
 
 
 class LocationNetwork(nn.Module):
-    """Location network: l_{t+1} ~ N(mu_t, std^2 I), mu_t = tanh(Linear(h_t)) on the detached h_t; l in [-1, 1]."""
+    """Location network: l_{t+1} ~ N(mu_t, std^2 I), mu_t = tanh(Linear(h_t)) on the detached h_t; l in [-1, 1].
+
+    `std` is a buffer, not a constant: a schedule (`model.std_final`) changes it in place between epochs, a
+    checkpoint keeps the value its weights were trained with, and a captured CUDA graph reads the current one.
+    """
 
     def __init__(self, hidden: int, std: float):
         super().__init__()
         self.fc = nn.Linear(hidden, 2)
-        self.std = std
+        self.register_buffer("std", torch.tensor(float(std)))
+        self.configured_std = float(std)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before std was a buffer were trained at the constructor's (the config's) std.
+        state_dict.setdefault(prefix + "std", torch.tensor(self.configured_std))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, h: Tensor) -> Tensor:
         """mu_t (..., 2), the policy's mean, from the core state h_t (..., hidden)."""
@@ -98,7 +108,7 @@ class LocationNetwork(nn.Module):
 
     def log_prob(self, samples: Tensor, mu: Tensor) -> Tensor:
         """log N(samples; mu, std^2 I) (...) of samples and mu (..., 2), summed over x and y; only mu has a gradient."""
-        return (-((samples.detach() - mu) ** 2).sum(-1) / (2 * self.std**2) - 2 * math.log(self.std)
+        return (-((samples.detach() - mu) ** 2).sum(-1) / (2 * self.std**2) - 2 * torch.log(self.std)
                 - math.log(2 * math.pi))
 
 

@@ -22,12 +22,15 @@ def row(folder: Path) -> str:
                                                                      "hydra.")))
     history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
     best = min(history, key=lambda r: r["val/error"])
+    planned = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["trainer"]["epochs"]
+    last = history[-1]["epoch"]
+    epochs = f"{best['epoch']}/{last}" + (f" (stopped; of {planned})" if last < planned else "")
 
     def cell(key: str) -> str:
         value = best.get(key)
         return "–" if value is None else f"{value:.2f}" if "error" in key else f"{value:.1f}"
 
-    return (f"| `{setting}` | {history[-1]['train_seconds'] / 60:.1f} | {best['epoch']}/{history[-1]['epoch']} | "
+    return (f"| `{setting}` | {history[-1]['train_seconds'] / 60:.1f} | {epochs} | "
             f"{cell('val/error')} | {cell('val/error_greedy')} | {cell('val/error_single')} | "
             f"{cell('val/on_target')} | {cell('val/on_target_greedy')} | {cell('val/on_target_chance')} |")
 

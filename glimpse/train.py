@@ -369,8 +369,9 @@ def train_epoch(run: Run, epoch: int, take_step: Callable) -> tuple[dict[str, to
     n, seconds, skipped = progress["images"], progress["seconds"], progress["skipped"]
     every = t.checkpoint_every_minutes * 60
     run.model.train()
-    if hasattr(run.model, "location_net"):  # in place: a captured CUDA graph reads the buffer
-        run.model.location_net.std.fill_(location_std(run.cfg.model, t.epochs, epoch))
+    std = getattr(getattr(run.model, "location_net", None), "std", None)  # RAM's Gaussian policy (not dram's)
+    if std is not None:  # in place: a captured CUDA graph reads the buffer
+        std.fill_(location_std(run.cfg.model, t.epochs, epoch))
     tic = time.perf_counter()
     for batch, (images, labels) in enumerate(batches, start=start + 1):
         loss, terms, finite = take_step(images, labels, gen)

@@ -27,10 +27,12 @@ Writes into DIR:
     error_vs_pixels.png     test error against image pixels read per image (log x)
     curves.png              validation error against training step, from each run's history.jsonl
     curves_minutes.png      the same against training minutes (evaluation excluded): learning per unit of compute
+    looking_minutes.png     the greedy policy's glimpses on the target (validation, %) against training minutes,
+                            where runs record it (canvases)
 
 Each file states the command that produced it and the machine. `--paper` adds the published figures
-(RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and dram columns. The plots need
-matplotlib (`pip install -e ".[compare]"`).
+(RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and draw columns (without draw
+runs, beside dram). The plots need matplotlib (`pip install -e ".[compare]"`).
 """
 
 from __future__ import annotations
@@ -54,22 +56,27 @@ import yaml
 from glimpse.config import RESULT_NEUTRAL_KEYS, flatten
 
 # Published test errors (%) on the same tasks. RAM: Mnih, Heess, Graves, Kavukcuoglu, "Recurrent Models of
-# Visual Attention", NIPS 2014 (cluttered 100x100 from arXiv:1406.6247v1). DRAW (differentiable attention):
-# Gregor et al., "DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, cluttered 100x100.
+# Visual Attention", NIPS 2014 (cluttered 100x100 from arXiv:1406.6247v1). DRAW (its read attention as a
+# classifier, model=draw): Gregor et al., "DRAW: A Recurrent Neural Network For Image Generation", ICML 2015,
+# cluttered 100x100, 8 glimpses.
 PAPER = {
     "ram": ("RAM (paper)",
             {"mnist": 1.12, "translated_mnist": 1.20, "cluttered_mnist60": 4.04, "cluttered_mnist100": 10.83}),
-    "dram": ("DRAW (paper)", {"cluttered_mnist100": 3.36}),
+    "draw": ("DRAW (paper)", {"cluttered_mnist100": 3.36}),
 }
+# Where a table has no column of a PAPER model, its figures go beside this model's instead: tables made before
+# model=draw existed keep DRAW's figure beside dram, the differentiable glimpses that stood in for it.
+PAPER_STAND_INS = {"draw": "dram"}
 DATA_ORDER = ["mnist", "translated_mnist", "cluttered_mnist60", "cluttered_mnist100", "fashion_mnist",
               "cluttered_fashion_mnist60", "cifar10"]
-MODEL_ORDER = ["ram", "dram", "soft", "fc", "cnn"]
+MODEL_ORDER = ["ram", "dram", "draw", "soft", "fc", "cnn"]
 MARKERS = "osD^v<>ph*"
 LINESTYLES = ("-", "--", ":", "-.")
 # Figures that runs from before they were recorded lack: a column of the per-cell table each, only where a run has
 # them, so tables made before stay as they were (on target has a table of its own, `on_target_table`).
 OPTIONAL_DETAILS = {"test_error_single": "one run (M = 1)"}
-COLORS = {"ram": "tab:red", "dram": "tab:orange", "soft": "tab:blue", "fc": "tab:gray", "cnn": "tab:green"}
+COLORS = {"ram": "tab:red", "dram": "tab:orange", "draw": "tab:brown", "soft": "tab:blue", "fc": "tab:gray",
+          "cnn": "tab:green"}
 # Never used to tell settings apart. Besides the result-neutral keys: seed is the replicate axis a cell averages
 # over, and device (mostly `auto`) says where a run trained, which the table does not split by.
 IGNORED_KEYS = RESULT_NEUTRAL_KEYS | {"seed", "device"}
@@ -81,7 +88,8 @@ FIGURES = {"error_vs_glimpses.png": "test error against glimpses",
            "error_vs_macs.png": "test error against MACs per image",
            "error_vs_pixels.png": "test error against pixels read per image",
            "curves.png": "validation error during training",
-           "curves_minutes.png": "validation error against training minutes"}
+           "curves_minutes.png": "validation error against training minutes",
+           "looking_minutes.png": "greedy glimpses on the target against training minutes"}
 
 
 @dataclass
@@ -100,6 +108,7 @@ class Run:
     duplicate_of: Path | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (training step, validation error) per epoch
     minutes: list[float] = field(default_factory=list)  # training minutes at each point of `curve`, when known
+    looking: list[float] = field(default_factory=list)  # val/on_target_greedy at each point of `curve`, when recorded
 
     @property
     def setting(self) -> str:
@@ -157,7 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="sweep folders (multirun/...) or run folders, searched recursively")
     p.add_argument("--out", type=Path, required=True, help="folder for table.md, runs.csv and the plots")
     p.add_argument("--paper", action="store_true",
-                   help="add the published RAM (and DRAW) test errors beside ram (and dram)")
+                   help="add the published RAM (and DRAW) test errors beside ram (and draw)")
     p.add_argument("--expect-data", action="append", default=[], metavar="NAME[=NOTE]",
                    help="a data set row to show even without runs ('not run'), with an optional note; repeatable")
     return p.parse_args(argv)
@@ -260,6 +269,42 @@ def curve_and_minutes(run: Run) -> tuple[list[tuple[int, float]], list[float]]:
     return curve, [r["train_seconds"] / 60 for r in points]
 
 
+def read_curves(run: Run) -> None:
+    """Fill the run's curve, minutes and looking (val/on_target_greedy, [] unless every epoch records it)."""
+    run.curve, run.minutes = curve_and_minutes(run)
+    points = [r for r in read_history(run.folder) if "step" in r and "val/error" in r]
+    looking = [r.get("val/on_target_greedy") for r in points]
+    run.looking = looking if looking and all(isinstance(v, (int, float)) for v in looking) else []
+
+
+def minutes_to(run: Run, error: float) -> float | None:
+    """Training minutes until the run's validation error first reached `error` (%); None if it never did or its
+    history does not say."""
+    if not run.minutes:
+        return None
+    return next((m for (_, e), m in zip(run.curve, run.minutes, strict=True) if e <= error), None)
+
+
+def minutes_to_paper_table(data_rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """Per ram cell of a data set the paper reports: the training minutes until validation error first reached the
+    paper's test error, per seed; `not reached (best X)` where a run never did. [] when no cell applies."""
+    published = PAPER["ram"][1]
+    rows = []
+    for d in data_rows:
+        for c in columns:
+            cell = cells.get((d, c))
+            if d not in published or cell is None or cell.runs[0].model != "ram" or not cell.runs[0].minutes:
+                continue
+            per_seed = []
+            for run in sorted(cell.runs, key=lambda r: (r.seed is None, r.seed)):
+                m = minutes_to(run, published[d])
+                best = min(e for _, e in run.curve)
+                per_seed.append(f"seed {run.seed}: {m:.1f}" if m is not None
+                                else f"seed {run.seed}: not reached (best {best:.2f})")
+            rows.append([d, c, f"{published[d]:.2f}", "; ".join(per_seed)])
+    return markdown_table(["data set", "column", "paper's error", "training minutes to reach it"], rows) if rows else []
+
+
 def parse_time(text: Any) -> datetime.datetime | None:
     """An ISO-8601 timestamp as an aware datetime (no offset: UTC); None when `text` is not one."""
     try:
@@ -345,7 +390,8 @@ def error_table(key: str, data_rows: list[str], columns: list[str], cells: dict[
     paper_after: dict[str, list[str]] = {}  # the paper columns to put after a column ("": first)
     if paper:
         for model in PAPER:
-            own = [c for c in columns if c.split(" (")[0] == model]
+            own = ([c for c in columns if c.split(" (")[0] == model]
+                   or [c for c in columns if c.split(" (")[0] == PAPER_STAND_INS.get(model)])
             paper_after.setdefault(own[-1] if own else (columns[-1] if columns else ""), []).append(model)
     rows = [[d] for d in data_rows]
     for column in ["", *columns]:  # "": before the first column, where paper columns go when no column fits
@@ -421,6 +467,11 @@ def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[R
     if paper:
         notes.append("- Paper: RAM from Mnih et al., NIPS 2014 (cluttered 100x100: arXiv:1406.6247v1); "
                      "DRAW (differentiable attention) from Gregor et al., ICML 2015, cluttered 100x100.")
+    reached = minutes_to_paper_table(data_rows, columns, cells) if paper else []
+    if reached:
+        lines += ["", "## Minutes to the paper's error", "", ("Training minutes (evaluation excluded) until the "
+                                                             "validation error first reached the paper's test "
+                                                             "error, from each run's history.jsonl."), "", *reached]
     if notes:
         lines += ["", "Notes:", "", *notes]
     lines += ["", "## Per cell", "", *details_table(cells, data_rows, columns)]
@@ -547,8 +598,10 @@ def plot_error_against_glimpses(path: Path, cells: dict[tuple[str, str], Cell], 
     save(fig, path, note)
 
 
-def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, minutes: bool = False) -> None:
-    """Validation error against training step (or training minutes), one line per run, coloured by model.
+def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, minutes: bool = False,
+                looking: bool = False) -> None:
+    """Validation error against training step (or training minutes), one line per run, coloured by model; with
+    `looking`, the greedy glimpses on the target (%, linear axis) instead of the error.
 
     The error axis is logarithmic: runs fall from tens of percent to a few, and what separates them at the
     end (a point or less) would otherwise be a few pixels."""
@@ -556,15 +609,17 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
 
     fig, axes = subplots(data_rows, note)
     for ax, d in zip(axes, data_rows):
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # 1, 2, 3, 5, 10, ...
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if not looking:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # 1, 2, 3, 5, 10, ...
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         columns: dict[str, list[str]] = {}  # model -> its columns: one colour per model, one line style per column
         for run in runs:
             if run.data != d or not run.curve or (minutes and not run.minutes):
                 continue
             steps, values = zip(*run.curve)
+            values = run.looking if looking else values
             x = run.minutes if minutes else steps
             own = columns.setdefault(run.model, [])
             first = run.column not in own  # the legend names each column once
@@ -574,7 +629,7 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
                     linestyle=LINESTYLES[own.index(run.column) % len(LINESTYLES)],
                     label=run.column if first else None)
         ax.set(title=d, xlabel="training minutes (evaluation excluded)" if minutes else "training step",
-               ylabel="validation error (%, log)")
+               ylabel="greedy glimpses on the target (%, validation)" if looking else "validation error (%, log)")
         ax.grid(alpha=0.3, which="both")
         if columns:
             ax.legend(fontsize=7)
@@ -582,7 +637,8 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
 
 
 def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
-    """Every figure of FIGURES into `out`; returns their names."""
+    """The figures of FIGURES into `out` (looking_minutes.png only where a run records on_target); returns the names
+    of those drawn."""
     cells = aggregate(finished)
     data_rows = ordered({r.data for r in finished}, DATA_ORDER)
     plot_error_against_glimpses(out / "error_vs_glimpses.png", cells, data_rows, note)
@@ -590,10 +646,13 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
                        log_x=True)
     plot_error_against(out / "error_vs_pixels.png", "pixels_per_image", "pixels read per image (log)", cells,
                        data_rows, note, log_x=True)
-    for run in finished:
-        run.curve, run.minutes = curve_and_minutes(run)
     plot_curves(out / "curves.png", finished, data_rows, note)
     plot_curves(out / "curves_minutes.png", finished, data_rows, note, minutes=True)
+    looking = [r for r in finished if r.looking and r.minutes]
+    if not looking:
+        return [name for name in FIGURES if name != "looking_minutes.png"]
+    plot_curves(out / "looking_minutes.png", looking, ordered({r.data for r in looking}, DATA_ORDER), note,
+                minutes=True, looking=True)
     return list(FIGURES)
 
 
@@ -621,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     kept = drop_duplicates(finished)
     duplicates = [r for r in finished if r.duplicate_of is not None]
 
+    for run in kept:
+        read_curves(run)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = plot_all(args.out, kept, provenance(argv, kept)) if kept else []
     write_table(args.out / "table.md", argv, kept, failed, duplicates, expected, args.paper, figures)

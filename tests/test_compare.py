@@ -271,7 +271,8 @@ def test_the_committed_comparisons_are_remade_from_the_committed_runs(made, tmp_
     args = shlex.split(command[1])
     args[args.index("--out") + 1] = str(tmp_path)
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(compare, "plot_all", lambda out, finished, note: list(compare.FIGURES))  # the table only
+    drawn = [name for name in compare.FIGURES if (made.parent / name).exists()]
+    monkeypatch.setattr(compare, "plot_all", lambda out, finished, note: drawn)  # the table only
     assert compare.main(args) == 0
     def body(path: Path) -> list[str]:
         return [line for line in path.read_text().splitlines() if not line.startswith("Produced by")]
@@ -371,3 +372,33 @@ def test_a_glimpse_sweep_is_one_line_and_a_longer_budget_another(tmp_path):
     assert [(g, e) for g, e, _ in sweep[1]] == [(4, 3.0), (8, 2.0)]  # joined across model.glimpses
     assert [(g, e) for g, e, _ in longer_line[1]] == [(8, 1.5)]  # trainer.epochs=20: a line of its own
     assert len(lines) == 2 and any("trainer.epochs=20" in label for label in lines)
+
+
+def test_with_paper_the_table_gives_the_minutes_until_validation_reached_the_papers_error(tmp_path):
+    fast = make_run(tmp_path / "runs" / "fast", "ram", "cluttered_mnist60", 0, 3.5)
+    records = [json.loads(line) for line in (fast / "history.jsonl").read_text().splitlines()]
+    records[1]["val/error"] = 3.9  # below the paper's 4.04 after 60 s
+    (fast / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    make_run(tmp_path / "runs" / "slow", "ram", "cluttered_mnist60", 1, 9.0)  # best validation 11.0
+
+    assert compare.main([str(tmp_path / "runs"), "--paper", "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "## Minutes to the paper's error" in table
+    assert "| cluttered_mnist60 | ram | 4.04 | seed 0: 1.0; seed 1: not reached (best 11.00) |" in table
+
+
+def test_runs_that_record_looking_get_a_plot_of_it_against_minutes(tmp_path):
+    pytest.importorskip("matplotlib")
+    for seed in (0, 1):
+        run = make_run(tmp_path / "runs" / f"s{seed}", "ram", "cluttered_mnist60", seed, 5.0)
+        records = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        for record, looking in zip(records, (20.0, 60.0), strict=True):
+            record["val/on_target_greedy"] = looking
+        (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "looking_minutes.png").stat().st_size > 0
+    assert "(looking_minutes.png)" in (tmp_path / "out" / "table.md").read_text()
+    run = compare.load_run(tmp_path / "runs" / "s0")
+    compare.read_curves(run)
+    assert run.looking == [20.0, 60.0] and run.minutes == [40 / 60, 1.0]

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from glimpse import checkpoint
-from glimpse.accounting import pixels_read
+from glimpse.accounting import episode_pixels_read
 from glimpse.config import resolve_device
 from glimpse.data import GlimpseData, seeded
 from glimpse.errors import UserError
@@ -100,7 +100,7 @@ def evaluate_model(
             wrong += (greedy.logits.argmax(1) != labels).sum().item()
         if count_pixels:
             sides = model.sensor.sides if hasattr(model, "sensor") else []
-            pixels += pixels_read(greedy.locations, sides, h, w).expand(len(labels)).sum().item()
+            pixels += episode_pixels_read(greedy, sides, h, w).expand(len(labels)).sum().item()
         seen += len(labels)
     model.train(was_training)
     if not stochastic:  # its one run is the greedy run

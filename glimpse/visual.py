@@ -14,10 +14,11 @@ where pixel j covers [j, j + 1).
 
 TensorBoard tags (`log_pictures`), one card per kind, each holding all the shown images in a grid (row by row,
 image i at the same place in each): `visual/trajectories`, `visual/patches` and `visual/episodes` (a GIF, one
-frame per glimpse; without moviepy an image, row i holding image i's frames side by side) for ram and dram;
-`visual/attention` for soft; nothing for fc and cnn. TensorBoard's Time Series page groups cards by the
-tag's first part, sorts the groups by name and opens only the first two: `visual` sorts after the scalars'
-`test`, `train` and `val`, so the curves come first and the pictures, a click away, do not push them down.
+frame per glimpse; without moviepy an image, row i holding image i's frames side by side) for ram and dram, and
+for draw (each step's grid as its glimpse, its N x N read as its patch); `visual/attention` for soft; nothing
+for fc and cnn. TensorBoard's Time Series page groups cards by the tag's first part, sorts the groups by name
+and opens only the first two: `visual` sorts after the scalars' `test`, `train` and `val`, so the curves come
+first and the pictures, a click away, do not push them down.
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ def glimpse_boxes(locations: Tensor, sides: Sequence[int], height: int, width: i
             origin = (locations + 1) * locations.new_tensor([width / 2, height / 2]) - side / 2  # centred exactly
         boxes.append(torch.cat([origin, origin + side], -1))
     return torch.stack(boxes, -2)
+
+
+def filterbank_boxes(locations: Tensor, strides: Tensor, n: int, height: int, width: int) -> Tensor:
+    """Pixel rectangles (x0, y0, x1, y1) of DRAW's N x N grids: (..., 1, 4), float, as `glimpse_boxes` gives them.
+
+    A grid centred on `locations` (..., 2) with stride delta (`strides` (...), pixels) is drawn as N cells of side
+    delta around its centre, N delta on a side: its filter centres are the cells' centres, and at delta = 1 it is
+    the N x N patch the sensor would read there.
+    """
+    half = locations.new_tensor([width / 2, height / 2])
+    centre = (locations + 1) * half  # the centre's u, v (docs/design.md)
+    extent = (n * strides / 2)[..., None]
+    return torch.cat([centre - extent, centre + extent], -1).unsqueeze(-2)
 
 
 def attention_maps(attention: Tensor, cells: Tensor, side: int, height: int, width: int) -> Tensor:
@@ -187,7 +201,7 @@ def _items(values: Tensor | None, n: int) -> list[int | None]:
 def draw_trajectories(
     images: Tensor, locations: Tensor, sides: Sequence[int], labels: Tensor | None = None,
     predictions: Tensor | None = None, snap: bool = True, steps: int | None = None, size: int = SIZE,
-    class_names: Sequence[str] | None = None, targets: Tensor | None = None,
+    class_names: Sequence[str] | None = None, targets: Tensor | None = None, boxes: Tensor | None = None,
 ) -> Tensor:
     """Each image with the glimpses of its first `steps` steps drawn on it: uint8 (N, 3, BAND + k H, k W).
 
@@ -197,11 +211,15 @@ def draw_trajectories(
     (top, left, bottom, right; `GlimpseData.eval_boxes`), are drawn in TARGET
     around their pixels, under the glimpses. The band above says 'true y / pred y',
     y by its name in `class_names` (the data's `class_names`) when given.
+    `boxes` (N, T, scales, 4), image pixels as `glimpse_boxes` gives them, replaces the sensor's rectangles
+    (DRAW's grids: `filterbank_boxes`).
     """
     n, _, h, w = images.shape
     steps = locations.shape[1] if steps is None else steps
     k = scale_factor(h, w, size)
-    boxes = (glimpse_boxes(locations[:, :steps].detach().float().cpu(), sides, h, w, snap) * k).tolist()
+    if boxes is None:
+        boxes = glimpse_boxes(locations[:, :steps].detach().float().cpu(), sides, h, w, snap)
+    boxes = (boxes[:, :steps].detach().float().cpu() * k).tolist()
     target_boxes = [None] * n if targets is None else (targets.cpu() * k).tolist()
     pictures = _enlarge(_rgb(images), k)
     out = []
@@ -260,7 +278,7 @@ def patch_grid(patches: Tensor, size: int = 48) -> Tensor:
 def episode_frames(
     images: Tensor, locations: Tensor, patches: Tensor, sides: Sequence[int], labels: Tensor | None = None,
     predictions: Tensor | None = None, snap: bool = True, size: int = SIZE, class_names: Sequence[str] | None = None,
-    targets: Tensor | None = None,
+    targets: Tensor | None = None, boxes: Tensor | None = None,
 ) -> Tensor:
     """One frame per glimpse: uint8 (N, T, 3, H', W'), for add_video and GIFs.
 
@@ -268,7 +286,7 @@ def episode_frames(
     as `draw_trajectories` draws them) with, on its right, the
     patches of step t + 1 stacked finest first in a border of the step's colour;
     the prediction appears in the last frame only, as the model makes it after
-    its last glimpse.
+    its last glimpse. `boxes`: as `draw_trajectories` takes them.
     """
     n, steps, scales, _, p, _ = patches.shape
     border = 3
@@ -280,7 +298,7 @@ def episode_frames(
     for t in range(steps):
         said = predictions if t == steps - 1 else None
         trajectory = draw_trajectories(images, locations, sides, labels, said, snap, t + 1, size, class_names,
-                                       targets)
+                                       targets, boxes)
         _, _, th, tw = trajectory.shape
         frame = torch.zeros(n, 3, max(th, BAND + scales * side + 2 * border), tw + side + 2 * border, dtype=torch.uint8)
         frame[:, :, :th, :tw] = trajectory
@@ -365,7 +383,8 @@ def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, siz
 
     Models that look through glimpses (ram, dram): 'trajectory' (N, 3, H, W),
     'patches' (N, 3, H, W) and 'frames' (N, T, 3, H, W), the trajectories with
-    the target boxes `targets` (N, 4) when given. Soft attention:
+    the target boxes `targets` (N, 4) when given. DRAW's read (draw) the same, each step's grid as its glimpse
+    (`filterbank_boxes`) and its N x N read, divided by the intensity gamma, as its patch. Soft attention:
     'attention' (N, 3, H, W). Models that look at the whole image (fc, cnn): nothing.
     Captions name the classes by `class_names` (the data's `class_names`) when given.
     The model is put in eval mode for the run and given back in the mode it was in.
@@ -381,6 +400,17 @@ def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, siz
     predictions = episode.logits.argmax(1)
     sensor = getattr(model, "sensor", None)
     h, w = images.shape[-2:]
+    if episode.reads is not None:
+        # gamma scales the read for the network; the filtered image itself lies in [0, 1], as pixels do
+        reads = (episode.reads / episode.gammas[:, :, None, None, None]).unsqueeze(2)  # (N, T, 1, C, N, N)
+        boxes = filterbank_boxes(episode.locations, episode.strides, reads.shape[-1], h, w)
+        return {
+            "trajectory": draw_trajectories(images, episode.locations, [], labels, predictions, size=size,
+                                            class_names=class_names, targets=targets, boxes=boxes),
+            "patches": patch_grid(reads),
+            "frames": episode_frames(images, episode.locations, reads, [], labels, predictions, size=size,
+                                     class_names=class_names, targets=targets, boxes=boxes),
+        }
     if episode.attention is not None and episode.locations is not None and sensor is not None:
         maps = attention_maps(episode.attention, episode.locations, sensor.sides[0], h, w)
         return {"attention": draw_attention(images, maps, labels, predictions, class_names=class_names)}

@@ -3,7 +3,7 @@
 Draws, for the first N validation images of the run (the ones training logs to
 TensorBoard), the same pictures as glimpse.visual.log_pictures, without TensorBoard:
 per image i, `{i}_trajectory.png`, `{i}_patches.png` and `{i}_episode.gif`
-(one frame per glimpse) for ram and dram, with `trajectories.png` holding all
+(one frame per glimpse) for ram, dram and draw, with `trajectories.png` holding all
 the trajectories in a row; `{i}_attention.png` for soft. On canvases the trajectories
 show the target box, where the image is on the canvas.
 """

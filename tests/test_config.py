@@ -17,15 +17,16 @@ from glimpse.env import REGISTERED, GlimpseEnv
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS, build_model
 from glimpse.models.dram import DRAM
+from glimpse.models.draw import DRAW
 from glimpse.models.ram import RAM
 from glimpse.models.reference import CNN, FC
 from glimpse.models.soft import SoftAttention
 from glimpse.sensor import Sensor
 from tests.conftest import data_root, needs_mnist
 
-CLASSES = {"ram": RAM, "soft": SoftAttention, "dram": DRAM, "fc": FC, "cnn": CNN}
+CLASSES = {"ram": RAM, "soft": SoftAttention, "dram": DRAM, "draw": DRAW, "fc": FC, "cnn": CNN}
 NATIVE = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}  # (channels, side) of each source
-GLIMPSE_MODELS = ("ram", "soft", "dram")
+GLIMPSE_MODELS = ("ram", "soft", "dram", "draw")
 SMALL = [f"data.root={data_root()}", "data.train_limit=500", "data.eval_limit=200"]
 
 
@@ -49,7 +50,7 @@ def image_shape(cfg: DictConfig) -> tuple[int, int, int]:
 
 
 def glimpse_model_presets() -> list[str]:
-    """The single-run presets of the models that read glimpses (ram_*, soft_*, dram_*)."""
+    """The single-run presets of the models that read glimpses (ram_*, soft_*, dram_*, draw_*)."""
     return [p for p in choices("experiment") if p.split("_")[0] in GLIMPSE_MODELS]
 
 
@@ -86,7 +87,7 @@ def test_swapping_a_presets_data_keeps_its_retina():
     assert mine == preset
 
 
-@pytest.mark.parametrize("model", ["ram", "soft", "dram", "cnn"])
+@pytest.mark.parametrize("model", ["ram", "soft", "dram", "draw", "cnn"])
 def test_the_fashion_presets_are_the_cluttered60_presets_on_fashion_mnist(model):
     fashion = OmegaConf.to_container(compose_config([f"experiment={model}_cluttered_fashion60"]))
     mnist = OmegaConf.to_container(compose_config([f"experiment={model}_cluttered60"]))

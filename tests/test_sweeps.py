@@ -74,7 +74,7 @@ def sweeper_params(preset: str) -> dict[str, str]:
     return dict(cfg.hydra.sweeper.params)
 
 
-@pytest.mark.parametrize("preset, runs", [("hard_vs_soft", 18), ("paper_table", 36)])
+@pytest.mark.parametrize("preset, runs", [("hard_vs_soft", 24), ("paper_table", 36)])
 def test_sweep_presets_run_exactly_the_per_data_set_presets(preset, runs):
     params = sweeper_params(preset)
     presets = [p.strip() for p in params["+experiment@_global_"].split(",")]
@@ -91,8 +91,8 @@ def test_sweep_presets_run_exactly_the_per_data_set_presets(preset, runs):
 
 
 def test_cifar10_preset_sweeps_every_model():
-    assert sweeper_params("cifar10_table") == {"model": "ram,soft,dram,fc,cnn", "seed": "0,1,2"}
-    for model in ("ram", "soft", "dram", "fc", "cnn"):
+    assert sweeper_params("cifar10_table") == {"model": "ram,soft,dram,draw,fc,cnn", "seed": "0,1,2"}
+    for model in ("ram", "soft", "dram", "draw", "fc", "cnn"):
         cfg = composed("experiment=cifar10_table", f"model={model}")
         assert cfg["data"]["name"] == "cifar10" and cfg["model"]["name"] == model
 

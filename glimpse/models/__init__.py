@@ -11,7 +11,7 @@ from torch import nn
 from glimpse.errors import ConfigError
 from glimpse.models.common import Episode
 
-MODELS = ("ram", "soft", "dram", "fc", "cnn")
+MODELS = ("ram", "soft", "dram", "draw", "fc", "cnn")
 
 
 def build_model(cfg, image_shape: tuple[int, int, int], classes: int) -> nn.Module:
@@ -23,6 +23,8 @@ def build_model(cfg, image_shape: tuple[int, int, int], classes: int) -> nn.Modu
         from glimpse.models.soft import SoftAttention as cls
     elif name == "dram":
         from glimpse.models.dram import DRAM as cls
+    elif name == "draw":
+        from glimpse.models.draw import DRAW as cls
     elif name == "fc":
         from glimpse.models.reference import FC as cls
     elif name == "cnn":

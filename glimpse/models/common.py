@@ -16,6 +16,11 @@ class Episode:
     baselines: Tensor | None = None  # (B, T-1): b_t, the baseline's reward prediction for those steps
     means: Tensor | None = None  # (B, T-1, 2): the location policy's means
     attention: Tensor | None = None  # (B, T, heads, N): soft attention's weights over the grid cells, per step
+    # DRAW's read (model=draw), per step: an N x N grid of Gaussian filters centred on `locations`
+    strides: Tensor | None = None  # (B, T): delta, pixels between neighbouring filter centres
+    sigmas: Tensor | None = None  # (B, T): sigma, the filters' standard deviation in pixels
+    gammas: Tensor | None = None  # (B, T): gamma, the read's intensity
+    reads: Tensor | None = None  # (B, T, C, N, N): gamma F_Y x F_X^T, what each step read
 
 
 def start_locations(batch: int, device: torch.device, generator: torch.Generator | None, random: bool) -> Tensor:

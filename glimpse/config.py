@@ -223,10 +223,14 @@ def validate(cfg: DictConfig) -> None:
         v = _get(cfg, "model.std")
         if not (_is_number(v) and v > 0):
             raise ConfigError("model.std", v, "a number > 0")
-    if model_keys & {"std_final"}:
+    if "std_final" in model_keys:
         v = _get(cfg, "model.std_final")
         if not (v is None or (_is_number(v) and v > 0)):
             raise ConfigError("model.std_final", v, "null or a number > 0")
+    if "greedy_fraction" in model_keys:
+        v = _get(cfg, "model.greedy_fraction")
+        if not (_is_number(v) and 0 <= v < 1):
+            raise ConfigError("model.greedy_fraction", v, "a number in [0, 1)")
     v = _get(cfg, "sensor.scale_factor")
     if not (_is_number(v) and v >= 1):
         raise ConfigError("sensor.scale_factor", v, "a number >= 1")

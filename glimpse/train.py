@@ -216,7 +216,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
 
 # Keys added after run folders were written without them: the value that computes what those runs did.
 ADDED_KEYS = {"trainer.precision": "fp32", "model.fused": True, "model.episodes_per_image": 1,
-              "model.baseline": "learned", "trainer.clip_grad_norm": None, "model.std_final": None}
+              "model.baseline": "learned", "trainer.clip_grad_norm": None, "model.std_final": None,
+              "model.greedy_fraction": 0.0}
 
 
 class NonFiniteError(UserError):

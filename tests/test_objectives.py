@@ -62,7 +62,8 @@ def test_at_their_defaults_the_options_give_exactly_the_papers_loss_and_gradient
 
 
 def test_at_their_defaults_the_options_take_exactly_the_step_taken_before_them():
-    spelled_out = ["model.episodes_per_image=1", "model.baseline=learned", "trainer.clip_grad_norm=null"]
+    spelled_out = ["model.episodes_per_image=1", "model.baseline=learned", "trainer.clip_grad_norm=null",
+                   "model.std_final=null", "model.greedy_fraction=0"]
     by_hand = one_step([], lambda model, images, labels, g: paper_loss(model(images, generator=g), labels))
     for weights in (one_step([]), one_step(spelled_out)):
         assert all(torch.equal(weights[k], by_hand[k]) for k in by_hand)
@@ -142,6 +143,7 @@ def test_a_nonfinite_gradient_still_skips_the_step_when_clipping():
     ("trainer.clip_grad_norm=-1", "a number > 0"),
     ("trainer.clip_grad_norm=often", "a number > 0"),
     ("model.std_final=0", "null or a number > 0"),
+    ("model.greedy_fraction=1", "a number in [0, 1)"),
 ])
 def test_invalid_training_options_are_refused_in_one_line(override, allowed):
     with pytest.raises(ConfigError) as err:
@@ -195,3 +197,14 @@ def test_a_run_with_the_std_schedule_trains_and_reports_each_epochs_std(tmp_path
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     best_epoch = min(history, key=lambda r: r["val/error"])
     assert best["model"]["location_net.std"].item() == pytest.approx(best_epoch["train/location_std"])
+
+
+def test_a_greedy_fraction_of_training_episodes_follows_the_policys_means():
+    model = build_model(make_cfg("model.greedy_fraction=0.25"), (1, 28, 28), 10)
+    _, noise = model.draws(8, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert noise[:2].eq(0).all() and noise[2:].ne(0).all()  # 2 of 8 episodes at the means
+    episode = model(batch(8)[0], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(episode.locations[:2, 1:], episode.means[:2].clamp(-1, 1))
+    model.eval()  # evaluation's sampled runs all sample
+    _, noise = model.draws(8, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert noise.ne(0).all()

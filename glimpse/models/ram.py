@@ -163,6 +163,7 @@ class RAM(nn.Module):
         std: float = 0.15,
         eval_start: str = "centre",
         fused: bool = True,
+        greedy_fraction: float = 0.0,
     ):
         super().__init__()
         channels = image_shape[0]
@@ -174,6 +175,7 @@ class RAM(nn.Module):
         self.baseline_net = BaselineNetwork(hidden)
         self.action_net = ActionNetwork(hidden, classes)
         self.fused = fused
+        self.greedy_fraction = greedy_fraction
 
     @classmethod
     def from_config(cls, cfg, image_shape: tuple[int, int, int], classes: int) -> RAM:
@@ -183,6 +185,7 @@ class RAM(nn.Module):
             image_shape, classes, glimpses=m.glimpses, patch=s.patch, scales=s.scales, scale_factor=s.scale_factor,
             resize=s.get("resize", "area"), what=m.what, where=m.where, glimpse_out=m.glimpse_out, hidden=m.hidden,
             core=m.core, std=m.std, eval_start=m.eval_start, fused=m.get("fused", True),
+            greedy_fraction=m.get("greedy_fraction", 0.0),
         )
 
     def start(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
@@ -196,10 +199,17 @@ class RAM(nn.Module):
     def draws(
         self, batch: int, device: torch.device, generator: torch.Generator | None, greedy: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        """An episode's randomness, drawn in this order: l_1 and the policy's noise (B, T-1, 2) (None when greedy)."""
+        """An episode's randomness, drawn in this order: l_1 and the policy's noise (B, T-1, 2) (None when greedy).
+
+        In training, the first `greedy_fraction` of the rows get no noise: those episodes follow the policy's means,
+        so the classifier also learns from the glimpses the greedy policy takes (their samples equal the means, so
+        they add nothing to REINFORCE's gradient).
+        """
         start = self.start(batch, device, generator)
         noise = (None if greedy else
                  self.location_net.std * torch.randn(batch, self.glimpses - 1, 2, generator=generator, device=device))
+        if noise is not None and self.training and self.greedy_fraction:
+            noise[: round(batch * self.greedy_fraction)] = 0
         return start, noise
 
     def episode(self, images: Tensor, loc: Tensor, noise: Tensor | None) -> Episode:

@@ -356,3 +356,12 @@ def test_on_cuda_draw_computes_what_it_computes_on_the_cpu_and_trains_in_bf16(mo
         loss = torch.nn.functional.cross_entropy(model(images.to("cuda")).logits, labels.to("cuda"))
     loss.backward()
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_an_untrained_models_first_read_is_a_blurred_thumbnail_of_the_whole_image():
+    model = DRAW((1, 60, 60), glimpses=1, patch=12)
+    episode = model(torch.rand(2, 1, 60, 60))
+    spacing = 59 / 11  # the stride at delta~ = 1: the grid spans the image
+    assert torch.allclose(episode.strides[:, 0], torch.tensor(spacing))
+    assert torch.allclose(episode.sigmas[:, 0], torch.tensor(spacing / 2))
+    assert torch.allclose(episode.locations[:, 0], torch.zeros(2, 2), atol=1e-6)  # at the centre

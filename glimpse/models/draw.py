@@ -22,8 +22,9 @@ Pixels a = 1 .. A and filters i = 1 .. N count from 1, as in the paper (the grid
 Pixel a is the image's column a - 1, which covers [a - 1, a) in the project's coordinates (docs/design.md,
 glimpse/sensor.py), so a grid centre g_X lies at u = g_X - 1/2: location x = (2 g_X - 1) / A - 1, and g~X = 0
 is the image's centre. The first read comes from h_0 = 0, so from the attention map's bias alone, the same
-place for every image, as in the paper. Z_X and Z_Y are held away from 0 (`EPS`): a grid far outside the image
-reads zeros instead of dividing by nothing. A filter's unnormalised weights below exp(-32) (`CUT`) are 0.
+place for every image, as in the paper; the bias starts at the whole image with sigma half the filters'
+spacing. Z_X and Z_Y are held away from 0 (`EPS`): a grid far outside the image reads zeros instead of dividing
+by nothing. A filter's unnormalised weights below exp(-32) (`CUT`) are 0.
 
 The glimpse network embeds the read alone, not the five parameters: they are a deterministic function of
 h_{t-1}, which the core already holds (RAM embeds its location because a sampled location carries noise the
@@ -34,6 +35,8 @@ The filterbank is built in float32 even under `trainer.precision=bf16` (bfloat16
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +141,13 @@ class DRAW(nn.Module):
         channels = image_shape[0]
         self.image_shape, self.glimpses, self.patch = tuple(image_shape), glimpses, patch
         self.attention = nn.Linear(hidden, 5)  # (g~X, g~Y, log sigma^2, log delta~, log gamma) from h_{t-1}
+        # The first read (from the bias alone) spans the whole image, its filters as wide as half their spacing:
+        # it then sees the image as a blurred N x N thumbnail. With PyTorch's default bias (sigma ~ 1 pixel) it
+        # would sample N x N isolated pixels of a canvas, almost all background.
+        height, width = image_shape[-2:]
+        spacing = (max(height, width) - 1) / max(patch - 1, 1)
+        with torch.no_grad():
+            self.attention.bias.copy_(torch.tensor([0.0, 0.0, 2 * math.log(max(spacing / 2, 0.5)), 0.0, 0.0]))
         self.glimpse_net = ReadNetwork(channels * patch * patch, glimpse_out)
         self.core = CoreNetwork(core, glimpse_out, hidden)
         self.action_net = ActionNetwork(hidden, classes)

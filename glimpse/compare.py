@@ -259,10 +259,17 @@ def read_history(folder: Path) -> list[dict[str, Any]]:
     return [last[e] for e in epochs] if epochs == list(range(1, len(epochs) + 1)) else []
 
 
-def curve_and_minutes(run: Run) -> tuple[list[tuple[int, float]], list[float]]:
-    """The run's validation curve, (step, val/error) at each epoch's end from history.jsonl, and the training
-    minutes (evaluation excluded) at each of its points; minutes [] when a record does not say."""
-    points = [r for r in read_history(run.folder) if "step" in r and "val/error" in r]
+def curve_points(folder: Path) -> list[dict[str, Any]]:
+    """The history.jsonl records of a run folder that hold a validation error: one per point of its curve."""
+    return [r for r in read_history(folder) if "step" in r and "val/error" in r]
+
+
+def curve_and_minutes(run: Run, points: list[dict[str, Any]] | None = None) -> tuple[list[tuple[int, float]],
+                                                                                       list[float]]:
+    """The run's validation curve, (step, val/error) at each epoch's end from history.jsonl (or `points`, its
+    `curve_points`), and the training minutes (evaluation excluded) at each of its points; minutes [] when a
+    record does not say."""
+    points = curve_points(run.folder) if points is None else points
     curve = [(int(r["step"]), float(r["val/error"])) for r in points]
     if not all(isinstance(r.get("train_seconds"), (int, float)) for r in points):
         return curve, []
@@ -271,8 +278,8 @@ def curve_and_minutes(run: Run) -> tuple[list[tuple[int, float]], list[float]]:
 
 def read_curves(run: Run) -> None:
     """Fill the run's curve, minutes and looking (val/on_target_greedy, [] unless every epoch records it)."""
-    run.curve, run.minutes = curve_and_minutes(run)
-    points = [r for r in read_history(run.folder) if "step" in r and "val/error" in r]
+    points = curve_points(run.folder)
+    run.curve, run.minutes = curve_and_minutes(run, points)
     looking = [r.get("val/on_target_greedy") for r in points]
     run.looking = looking if looking and all(isinstance(v, (int, float)) for v in looking) else []
 

@@ -402,28 +402,23 @@ def pictures(model: nn.Module, images: Tensor, labels: Tensor | None = None, siz
     h, w = images.shape[-2:]
     if episode.reads is not None:
         # gamma scales the read for the network; the filtered image itself lies in [0, 1], as pixels do
-        reads = (episode.reads / episode.gammas[:, :, None, None, None]).unsqueeze(2)  # (N, T, 1, C, N, N)
-        boxes = filterbank_boxes(episode.locations, episode.strides, reads.shape[-1], h, w)
-        return {
-            "trajectory": draw_trajectories(images, episode.locations, [], labels, predictions, size=size,
-                                            class_names=class_names, targets=targets, boxes=boxes),
-            "patches": patch_grid(reads),
-            "frames": episode_frames(images, episode.locations, reads, [], labels, predictions, size=size,
-                                     class_names=class_names, targets=targets, boxes=boxes),
-        }
-    if episode.attention is not None and episode.locations is not None and sensor is not None:
+        patches = (episode.reads / episode.gammas[:, :, None, None, None]).unsqueeze(2)  # (N, T, 1, C, N, N)
+        sides, snap = [], True
+        boxes = filterbank_boxes(episode.locations, episode.strides, patches.shape[-1], h, w)
+    elif episode.attention is not None and episode.locations is not None and sensor is not None:
         maps = attention_maps(episode.attention, episode.locations, sensor.sides[0], h, w)
         return {"attention": draw_attention(images, maps, labels, predictions, class_names=class_names)}
-    if episode.locations is None or sensor is None:
+    elif episode.locations is None or sensor is None:
         return {}
-    snap = getattr(sensor, "snap", True)
-    patches = sensor(images, episode.locations)  # (N, T, scales, C, p, p): what each step read
+    else:
+        patches = sensor(images, episode.locations)  # (N, T, scales, C, p, p): what each step read
+        sides, snap, boxes = sensor.sides, getattr(sensor, "snap", True), None
     return {
-        "trajectory": draw_trajectories(images, episode.locations, sensor.sides, labels, predictions, snap, size=size,
-                                        class_names=class_names, targets=targets),
+        "trajectory": draw_trajectories(images, episode.locations, sides, labels, predictions, snap, size=size,
+                                        class_names=class_names, targets=targets, boxes=boxes),
         "patches": patch_grid(patches),
-        "frames": episode_frames(images, episode.locations, patches, sensor.sides, labels, predictions, snap, size,
-                                 class_names, targets),
+        "frames": episode_frames(images, episode.locations, patches, sides, labels, predictions, snap, size,
+                                 class_names, targets, boxes),
     }
 
 

@@ -318,7 +318,6 @@ def loop(cfg: DictConfig, ppo: PPO, overrides: list[str], folder: RunFolder, dat
     print(json.dumps({k: metrics[k] for k in ("model", "data", "seed", "test_error", "test_error_greedy",
                                               "val_error_best", "train_seconds")} | {"run": str(folder.path)}))
     return 0
-    return 0
 
 
 if __name__ == "__main__":

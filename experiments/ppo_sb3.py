@@ -61,6 +61,7 @@ import torch
 from gymnasium import spaces
 
 import glimpse  # noqa: F401  registers glimpse/*-v0
+from glimpse import checkpoint
 from glimpse.env import GlimpseVectorEnv
 from glimpse.errors import UserError
 
@@ -343,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                "test_accuracy": test, "test_error": 100.0 - test,
                "chance_accuracy": 100.0 / train_env.classes, "glimpses": glimpses,
                "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    text = json.dumps(metrics, indent=2) + "\n"
+    checkpoint.atomic_write(args.out / "metrics.json", lambda f: f.write(text.encode()))
     print(json.dumps(metrics))
     return 0
 

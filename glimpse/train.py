@@ -67,6 +67,12 @@ def location_std(m: DictConfig, epochs: int, epoch: int) -> float:
     return final + (m.std - final) * (1 + math.cos(math.pi * epoch / (epochs - 1))) / 2
 
 
+def policy_std(model: torch.nn.Module) -> torch.Tensor | None:
+    """The std buffer of RAM's Gaussian location policy; None for a model without one (dram's location network is a
+    plain Linear)."""
+    return getattr(getattr(model, "location_net", None), "std", None)
+
+
 def mixed_precision(device: torch.device, precision: str = "fp32", cache: bool = True) -> torch.autocast:
     """`trainer.precision`'s context for a training step's forward and loss: bf16 is torch.autocast's bfloat16
     (matrix products in bfloat16; weights, gradients, Adam and the loss in float32), fp32 changes nothing.
@@ -370,7 +376,7 @@ def train_epoch(run: Run, epoch: int, take_step: Callable) -> tuple[dict[str, to
     n, seconds, skipped = progress["images"], progress["seconds"], progress["skipped"]
     every = t.checkpoint_every_minutes * 60
     run.model.train()
-    std = getattr(getattr(run.model, "location_net", None), "std", None)  # RAM's Gaussian policy (not dram's)
+    std = policy_std(run.model)
     if std is not None:  # in place: a captured CUDA graph reads the buffer
         std.fill_(location_std(run.cfg.model, t.epochs, epoch))
     tic = time.perf_counter()
@@ -408,7 +414,7 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
         scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
     scalars.update({"train/lr": lr, "train/images_per_second": n / max(seconds, 1e-9), "train/skipped_batches": skipped,
                     **{f"val/{k}": v for k, v in val.items()}})
-    std = getattr(getattr(run.model, "location_net", None), "std", None)
+    std = policy_std(run.model)
     if std is not None:
         scalars["train/location_std"] = std.item()
     for k, v in scalars.items():

@@ -1,7 +1,7 @@
 """RAM trained by PPO through the torch vector environment, in one file: rollouts, advantages, clipped updates.
 
     python experiments/ppo_ram.py [glimpse.train overrides ...] [--num-envs 1024] [--minibatch 128]
-        [--update-epochs 4] [--clip-coef 0.2] [--gae-lambda 1.0] [--no-norm-adv] [--out DIR]
+        [--update-epochs 1] [--target-kl KL] [--clip-coef 0.2] [--gae-lambda 1.0] [--no-norm-adv] [--out DIR]
     python experiments/ppo_ram.py experiment=ram_cluttered60 trainer.epochs=20
 
 The model is RAM as `python -m glimpse.train` builds it from the same overrides
@@ -28,7 +28,11 @@ location network learns changes. PPO in the manner of CleanRL's single-file
    `model.baseline_weight`. The location and baseline networks read h_t
    detached, as in RAM, so each term trains only its own networks. The label
    for the cross-entropy is the one the environment reports at the episode's
-   end (`info["label"]`).
+   end (`info["label"]`). One pass is the default: with RAM's narrow policy
+   (std 0.15) a pass already moves it by an approximate KL of 0.02-0.04, and
+   four passes, CleanRL's default, clip a third to a half of the ratios and
+   lose what the first epoch learnt; `--target-kl` ends the passes early
+   instead (experiments/results/ram/ppo/README.md).
 
 A rollout plays each training image at most once: an epoch is a random order of
 the training split cut into rollouts (the last, partial one dropped). The policy's
@@ -93,10 +97,12 @@ class PPO:
 
     num_envs: int = field(default=1024, metadata={"help": "episodes per rollout, side by side in one GlimpseVectorEnv"})
     minibatch: int = field(default=128, metadata={"help": "episodes per Adam step (trainer.batch_size's role)"})
-    update_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    update_epochs: int = field(default=1, metadata={"help": "passes over each rollout (see the docstring's 3.)"})
     clip_coef: float = field(default=0.2, metadata={"help": "the policy ratio's clip range, 1 +- clip_coef"})
     gae_lambda: float = field(default=1.0, metadata={"help": "1: the episode's return minus b_t, RAM's advantage"})
     norm_adv: bool = field(default=True, metadata={"help": "advantages to zero mean, unit std per minibatch"})
+    target_kl: float | None = field(default=None, metadata={
+        "help": "end a rollout's passes early once a pass's mean approximate KL exceeds this (CleanRL's)"})
 
 
 @dataclass
@@ -168,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=text)
+            kind = float if f.type == "float | None" else type(f.default)
+            parser.add_argument(flag, type=kind, default=f.default, help=text)
     parser.add_argument("--out", type=Path, help="the run folder (default outputs/<day>/<time>_ram_ppo_<data>)")
     args = parser.parse_args(argv)
     ppo = PPO(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PPO)})
@@ -252,7 +259,9 @@ def loop(cfg: DictConfig, ppo: PPO, overrides: list[str], folder: RunFolder, dat
             adv_all, returns = advantages(batch.values, batch.reward, ppo.gae_lambda)
             # 3. Update
             terms: dict[str, Tensor] = {}
+            updates = 0
             for _ in range(ppo.update_epochs):
+                pass_kl = torch.zeros((), device=device)
                 for mb in torch.randperm(ppo.num_envs, generator=gen, device=device).split(ppo.minibatch):
                     hs = replay(model, batch.glimpses[mb], batch.locations[mb])
                     ce = F.cross_entropy(model.action_net(hs[-1]), batch.labels[mb])
@@ -278,8 +287,12 @@ def loop(cfg: DictConfig, ppo: PPO, overrides: list[str], folder: RunFolder, dat
                                       "approx_kl": ((ratio - 1) - log_ratio).mean()}  # CleanRL's estimator
                     for k, v in step_terms.items():
                         terms[k] = terms.get(k, 0) + v.detach()
-            updates = ppo.update_epochs * (ppo.num_envs // ppo.minibatch)
+                    pass_kl += step_terms["approx_kl"]
+                    updates += 1
+                if ppo.target_kl is not None and pass_kl.item() / (ppo.num_envs // ppo.minibatch) > ppo.target_kl:
+                    break
             terms = {k: v / updates for k, v in terms.items()}
+            terms["passes"] = torch.tensor(updates / (ppo.num_envs // ppo.minibatch))
             terms["reward"] = batch.reward.mean()
             for k, v in terms.items():  # one sync per rollout
                 sums[k] = sums.get(k, 0.0) + v.item()

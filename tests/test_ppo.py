@@ -182,6 +182,17 @@ def test_ppo_ram_writes_a_run_folder_that_evaluate_and_compare_read(ram_script, 
     assert run.model == "ram_ppo" and run.config["ppo.num_envs"] == 128 and run.metrics == metrics
 
 
+def test_ppo_ram_target_kl_ends_a_rollouts_passes_early(ram_script, tmp_path):
+    def passes(*extra: str) -> list[float]:
+        out = tmp_path / "_".join(extra)
+        assert ram_script.main(ppo_ram_args(out, "trainer.epochs=1", "data.train_limit=300", "--num-envs", "128",
+                                            "--minibatch", "64", "--update-epochs", "3", *extra)) == 0
+        return [json.loads(line)["train/passes"] for line in (out / "history.jsonl").read_text().splitlines()]
+
+    assert passes() == [3.0]
+    assert passes("--target-kl", "1e-12") == [1.0]  # any change of the policy exceeds it after the first pass
+
+
 def test_ppo_ram_refuses_bad_settings_in_one_line_and_leaves_no_folder(ram_script, tmp_path, capsys):
     for extra in (["--num-envs", "100", "--minibatch", "64"], ["model=soft"], ["model.glimpses=1"],
                   ["data.train_limit=100", "--num-envs", "128"], ["model.episodes_per_image=2"]):

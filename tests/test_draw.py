@@ -156,7 +156,7 @@ def test_the_presets_read_n_by_n_as_often_as_ram_glimpses(preset, glimpses, n, s
     cfg = compose_config([f"experiment={preset}"])
     ram = compose_config([f"experiment={preset.replace('draw_', 'ram_')}"])
     assert (cfg.model.glimpses, cfg.sensor.patch) == (ram.model.glimpses, ram.sensor.patch) == (glimpses, n)
-    assert cfg.data == ram.data and cfg.trainer.epochs == 60
+    assert cfg.data == ram.data and cfg.trainer.lr == 3e-4  # trainer=draw: at 1e-3 the grid can run off the canvas
     episode = build_model(cfg, shape, 10)(torch.rand(1, *shape))
     assert episode.reads.shape == (1, glimpses, 1, n, n)
 

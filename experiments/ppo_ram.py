@@ -52,9 +52,8 @@ The run folder is the trainer's (docs/design.md, "Run folder"), so
 `glimpse.evaluate`, `glimpse.visualize` and `glimpse.compare` read it: `.hydra/`
 (config.yaml: the RAM config and a `ppo:` section; overrides.yaml), `train.log`,
 `history.jsonl` (per epoch: train/loss/ce, train/loss/policy, train/loss/value,
-train/reward, train/clip_fraction, train/approx_kl, train/passes (passes made per rollout), val/error,
-val/error_greedy,
-...), `checkpoints/best.pt` (the best validation error) and `metrics.json`, whose
+train/reward, train/clip_fraction, train/approx_kl, train/passes (per rollout),
+val/error, val/error_greedy, ...), `checkpoints/best.pt` (the best validation error) and `metrics.json`, whose
 `model` is `ram_ppo`, a column of its own in `glimpse.compare`. No TensorBoard
 events and no resumption. Validation every epoch and test once at the end with
 the best checkpoint, by the sampled (`trainer.eval_samples` runs averaged) and

@@ -205,6 +205,6 @@ def test_ppo_ram_refuses_bad_settings_in_one_line_and_leaves_no_folder(ram_scrip
 @pytest.mark.slow
 def test_ppo_ram_learns_mnist_well_above_chance(ram_script, tmp_path):
     out = tmp_path / "run"
-    assert ram_script.main(ppo_ram_args(out, "trainer.epochs=2", "data.train_limit=4096", "--num-envs", "512")) == 0
+    assert ram_script.main(ppo_ram_args(out, "trainer.epochs=6", "data.train_limit=4096", "--num-envs", "512")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_error"] < 50 and metrics["test_error_greedy"] < 60  # chance: 90

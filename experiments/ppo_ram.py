@@ -240,9 +240,10 @@ def loop(cfg: DictConfig, ppo: PPO, overrides: list[str], folder: RunFolder, dat
          rollouts_per_epoch: int) -> int:
     """PPO's epochs (rollout, advantages, update), validation after each, the test once at the end."""
     t, m, device = cfg.trainer, cfg.model, data.device
-    steps_per_epoch = rollouts_per_epoch * ppo.update_epochs * (ppo.num_envs // ppo.minibatch)
-    run = Run(cfg, folder, device, data, model, optimizer, scheduler, steps_per_epoch)
+    per_pass = ppo.num_envs // ppo.minibatch  # Adam steps in one pass over a rollout
+    run = Run(cfg, folder, device, data, model, optimizer, scheduler, rollouts_per_epoch * ppo.update_epochs * per_pass)
     progress = run.progress
+    steps = 0  # Adam steps taken: fewer than update_epochs passes' worth once --target-kl ends passes early
     log.info("PPO %s; RAM %s", json.dumps(dataclasses.asdict(ppo)), " ".join(overrides) or "(defaults)")
 
     for epoch in range(t.epochs):
@@ -289,13 +290,14 @@ def loop(cfg: DictConfig, ppo: PPO, overrides: list[str], folder: RunFolder, dat
                         terms[k] = terms.get(k, 0) + v.detach()
                     pass_kl += step_terms["approx_kl"]
                     updates += 1
-                if ppo.target_kl is not None and pass_kl.item() / (ppo.num_envs // ppo.minibatch) > ppo.target_kl:
+                if ppo.target_kl is not None and pass_kl.item() / per_pass > ppo.target_kl:
                     break
+            steps += updates
             terms = {k: v / updates for k, v in terms.items()}
-            terms["passes"] = torch.tensor(updates / (ppo.num_envs // ppo.minibatch))
             terms["reward"] = batch.reward.mean()
             for k, v in terms.items():  # one sync per rollout
                 sums[k] = sums.get(k, 0.0) + v.item()
+            sums["passes"] = sums.get("passes", 0.0) + updates / per_pass
         seconds = time.perf_counter() - tic
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -314,7 +316,7 @@ def loop(cfg: DictConfig, ppo: PPO, overrides: list[str], folder: RunFolder, dat
             progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
             checkpoint.save({"config": run.config, "epoch": epoch + 1, "model": model.state_dict(),
                              "val_error": val["error"]}, folder.best)
-        folder.append_history({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+        folder.append_history({"epoch": epoch + 1, "step": steps,
                                "train_seconds": progress["train_seconds"], "images_seen": progress["images_seen"],
                                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **scalars})
         log.info("epoch %d/%d: train ce %.4f, reward %.3f, clip fraction %.3f, val error %.2f%% (greedy %.2f%%), "

@@ -244,6 +244,10 @@ def validate(cfg: DictConfig) -> None:
         if cfg.model.baseline == "episodes" and k < 2:
             raise ConfigError("model.baseline", "episodes", f"learned; episodes needs model.episodes_per_image >= 2, "
                               f"not {k}")
+    if "dropout" in model_keys:
+        v = cfg.model.dropout
+        if not (_is_number(v) and 0 <= v < 1):
+            raise ConfigError("model.dropout", v, "a number in [0, 1)")
     if "core" in model_keys:
         one_of("model.core", ("rnn", "lstm", "gru"))
     if "eval_start" in model_keys:
@@ -256,6 +260,9 @@ def validate(cfg: DictConfig) -> None:
     v = _get(cfg, "trainer.clip_grad_norm")
     if v is not None and not (_is_number(v) and v > 0):
         raise ConfigError("trainer.clip_grad_norm", v, "a number > 0 (the largest total gradient norm) or null")
+    v = _get(cfg, "trainer.weight_decay")
+    if not (_is_number(v) and v >= 0):
+        raise ConfigError("trainer.weight_decay", v, "a number >= 0 (AdamW's decoupled decay; 0: Adam)")
     for key in ("trainer.resume", "trainer.progress", "trainer.cuda_graph", "data.download"):
         boolean(key)
     one_of("trainer.on_nonfinite", ("stop", "skip"))

@@ -49,8 +49,16 @@ log = logging.getLogger(__name__)
 
 def make_optimizer(model: torch.nn.Module,
                    cfg: DictConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam (fused kernels: one call updates every tensor) with a per-epoch cosine or constant schedule."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr, fused=True)
+    """Adam (fused kernels: one call updates every tensor) with a per-epoch cosine or constant schedule; with
+    `trainer.weight_decay` > 0, AdamW: the weight matrices decay, biases and other vectors do not."""
+    decay = cfg.trainer.get("weight_decay", 0.0)
+    if decay:
+        params = list(model.parameters())
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.trainer.lr, fused=True)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr, fused=True)
     if cfg.trainer.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.trainer.epochs)
     else:

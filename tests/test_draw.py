@@ -146,6 +146,15 @@ def test_every_core_runs_and_the_preset_uses_the_papers_lstm(core):
     assert make_cfg("experiment=draw_mnist").model.core == "lstm"
 
 
+def test_dropout_on_the_last_state_acts_in_training_and_not_in_evaluation():
+    model = build_model(make_cfg("experiment=draw_mnist", "model.dropout=0.5"), (1, 28, 28), 10)
+    images = torch.rand(4, 1, 28, 28)
+    torch.manual_seed(0)
+    assert not torch.equal(model(images).logits, model(images).logits)
+    model.eval()
+    assert torch.equal(model(images).logits, model(images).logits)
+
+
 @pytest.mark.parametrize("preset, glimpses, n, shape", [
     ("draw_mnist", 6, 8, (1, 28, 28)), ("draw_translated60", 8, 12, (1, 60, 60)),
     ("draw_cluttered60", 8, 12, (1, 60, 60)), ("draw_cluttered100", 8, 12, (1, 100, 100)),
@@ -167,6 +176,7 @@ def test_the_presets_read_n_by_n_as_often_as_ram_glimpses(preset, glimpses, n, s
     ("model.hidden=0", "model.hidden=0; allowed: a positive integer"),
     ("model.core=conv", "model.core='conv'; allowed: rnn, lstm, gru"),
     ("sensor.patch=0", "sensor.patch=0; allowed: a positive integer"),
+    ("model.dropout=1", "model.dropout=1; allowed: a number in \\[0, 1\\)"),
 ])
 def test_each_draw_key_is_checked_in_one_line(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -136,8 +136,22 @@ def test_a_nonfinite_gradient_still_skips_the_step_when_clipping():
     assert not finite and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_weight_decay_shrinks_the_weight_matrices_and_leaves_the_biases():
+    cfg = make_cfg("trainer.weight_decay=0.5", "trainer.lr=0.1")
+    model = build_model(cfg, (1, 28, 28), 10)
+    optimizer, _ = make_optimizer(model, cfg)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # Adam's own step is 0: what changes is the decay alone
+    optimizer.step()
+    for name, p in model.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.5) if p.dim() >= 2 else before[name]
+        torch.testing.assert_close(p.detach(), expected)
+
+
 @pytest.mark.parametrize("override, allowed", [
     ("model.episodes_per_image=0", "a positive integer"),
+    ("trainer.weight_decay=-0.1", "a number >= 0"),
     ("model.baseline=mean", "learned, episodes"),
     ("model.baseline=episodes", "episodes needs model.episodes_per_image >= 2, not 1"),
     ("trainer.clip_grad_norm=-1", "a number > 0"),

@@ -16,7 +16,7 @@ N = `patch` (`sensor.patch`):
     read             r_t = gamma F_Y x F_X^T, per channel                                      (B, C, N, N)
     glimpse network  g_t = ReLU(Linear(r_t))                                                   (B, glimpse_out)
     core network     h_t = f_h(h_{t-1}, g_t), an LSTM by default (ram.CoreNetwork)            (B, hidden)
-    action network   p(y | h_T) = softmax(Linear(h_T)) (ram.ActionNetwork)                     (B, classes)
+    action network   p(y | h_T) = softmax(Linear(dropout(h_T))) (ram.ActionNetwork)            (B, classes)
 
 Pixels a = 1 .. A and filters i = 1 .. N count from 1, as in the paper (the grid is then symmetric about g).
 Pixel a is the image's column a - 1, which covers [a - 1, a) in the project's coordinates (docs/design.md,
@@ -136,6 +136,7 @@ class DRAW(nn.Module):
         glimpse_out: int = 256,
         hidden: int = 256,
         core: str = "lstm",
+        dropout: float = 0.0,
     ):
         super().__init__()
         channels = image_shape[0]
@@ -150,13 +151,14 @@ class DRAW(nn.Module):
             self.attention.bias.copy_(torch.tensor([0.0, 0.0, 2 * math.log(max(spacing / 2, 0.5)), 0.0, 0.0]))
         self.glimpse_net = ReadNetwork(channels * patch * patch, glimpse_out)
         self.core = CoreNetwork(core, glimpse_out, hidden)
+        self.dropout = nn.Dropout(dropout)  # on h_T before the action network, in training only
         self.action_net = ActionNetwork(hidden, classes)
 
     @classmethod
     def from_config(cls, cfg, image_shape: tuple[int, int, int], classes: int) -> DRAW:
         m = cfg.model
         return cls(image_shape, classes, glimpses=m.glimpses, patch=cfg.sensor.patch, glimpse_out=m.glimpse_out,
-                   hidden=m.hidden, core=m.core)
+                   hidden=m.hidden, core=m.core, dropout=m.get("dropout", 0.0))
 
     def filters(self, params: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The grid of the attention map's outputs (B, 5) on an H x W image: centres (B, 2), strides, sigmas,
@@ -185,6 +187,7 @@ class DRAW(nn.Module):
             for kept, value in zip((centres, strides, sigmas, gammas, reads), (centre, stride, sigma, gamma, r)):
                 kept.append(value)
         return Episode(
-            self.action_net(h), locations_of(torch.stack(centres, 1), height, width), strides=torch.stack(strides, 1),
+            self.action_net(self.dropout(h)), locations_of(torch.stack(centres, 1), height, width),
+            strides=torch.stack(strides, 1),
             sigmas=torch.stack(sigmas, 1), gammas=torch.stack(gammas, 1), reads=torch.stack(reads, 1),
         )

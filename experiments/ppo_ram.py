@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("model.glimpses=1 leaves RAM no location to choose")
         # REINFORCE's training options: this loop has none of them, so a run must not appear to use one.
         unused = {"model.episodes_per_image": 1, "model.baseline": "learned", "model.greedy_fraction": 0.0,
-                  "trainer.precision": "fp32", "trainer.resume": False}
+                  "trainer.precision": "fp32", "trainer.resume": False, "trainer.val_every": 1}
         changed = [f"{k}={OmegaConf.select(cfg, k)}" for k, v in unused.items()
                    if OmegaConf.select(cfg, k, default=v) != v]
         if changed:

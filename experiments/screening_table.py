@@ -21,7 +21,7 @@ def row(folder: Path) -> str:
     setting = " ".join(o for o in overrides if not o.startswith(("trainer.progress", "trainer.visual_every",
                                                                      "hydra.")))
     history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
-    best = min(history, key=lambda r: r["val/error"])
+    best = min((r for r in history if "val/error" in r), key=lambda r: r["val/error"])  # validated epochs
     planned = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["trainer"]["epochs"]
     last = history[-1]["epoch"]
     epochs = f"{best['epoch']}/{last}" + (f" (stopped; of {planned})" if last < planned else "")

@@ -274,6 +274,7 @@ def validate(cfg: DictConfig) -> None:
     if not (_is_int(v) and v >= 0):
         raise ConfigError("trainer.visual_every", v, "an integer >= 0 (0: no pictures)")
     positive_int("trainer.visual_images")
+    positive_int("trainer.val_every")
     v = _get(cfg, "data.val_fraction")
     if not (_is_number(v) and 0 < v < 1):
         raise ConfigError("data.val_fraction", v, "a number in (0, 1)")

@@ -231,7 +231,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
 # Keys added after run folders were written without them: the value that computes what those runs did.
 ADDED_KEYS = {"trainer.precision": "fp32", "model.fused": True, "model.episodes_per_image": 1,
               "model.baseline": "learned", "trainer.clip_grad_norm": None, "model.std_final": None,
-              "model.greedy_fraction": 0.0}
+              "model.greedy_fraction": 0.0, "trainer.weight_decay": 0.0, "model.dropout": 0.0,
+              "trainer.val_every": 1}
 
 
 class NonFiniteError(UserError):
@@ -269,7 +270,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         scalars = end_epoch(run, epoch, sums, n, seconds, skipped, lr, writer, shown)
-        bar.set_postfix(ce=f"{scalars.get('train/loss/ce', math.nan):.3f}", val_err=f"{scalars['val/error']:.2f}",
+        bar.set_postfix(ce=f"{scalars.get('train/loss/ce', math.nan):.3f}",
+                        val_err=f"{scalars.get('val/error', math.nan):.2f}",
                         img_s=f"{scalars['train/images_per_second']:,.0f}")
 
     metrics = score_on_test(run)
@@ -409,14 +411,18 @@ def train_epoch(run: Run, epoch: int, take_step: Callable) -> tuple[dict[str, to
 
 def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, seconds: float, skipped: int, lr: float,
               writer: SummaryWriter, shown: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-    """Validation, the epoch's scalars (TensorBoard and history.jsonl), pictures, best.pt and last.pt, the log line."""
+    """Validation (every `trainer.val_every` epochs and after the last), the epoch's scalars (TensorBoard and
+    history.jsonl), pictures, best.pt and last.pt, the log line."""
     cfg, t, progress = run.cfg, run.cfg.trainer, run.progress
     progress["train_seconds"] += seconds
     progress["images_seen"] += n
     step = (epoch + 1) * run.steps_per_epoch
     boxes = run.data.eval_boxes("val")
-    val = evaluate_model(run.model, run.data.eval_batches("val", t.eval_batch_size), t.eval_samples,
-                         seeded(cfg.seed, "eval", "val", device=run.device), boxes=boxes)
+    validate = (epoch + 1) % t.get("val_every", 1) == 0 or epoch + 1 == t.epochs
+    val = {}
+    if validate:
+        val = evaluate_model(run.model, run.data.eval_batches("val", t.eval_batch_size), t.eval_samples,
+                             seeded(cfg.seed, "eval", "val", device=run.device), boxes=boxes)
     scalars = {f"train/{k}": v.item() / max(n, 1) for k, v in sums.items()}
     if "train/reward" in scalars:
         scalars["train/error"] = 100.0 * (1 - scalars["train/reward"])
@@ -433,7 +439,7 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
                      targets=None if boxes is None else boxes[: len(shown[1])])
         progress["picture_seconds"] = progress.get("picture_seconds", 0.0) + time.perf_counter() - tic
 
-    if val["error"] < progress["best_val_error"]:
+    if validate and val["error"] < progress["best_val_error"]:
         progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
         checkpoint.save({"config": run.config, "epoch": epoch + 1, "model": run.model.state_dict(),
                          "val_error": val["error"]}, run.folder.best)
@@ -443,9 +449,9 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
                                "images_seen": progress["images_seen"],
                                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **scalars})
     run.save_last(epoch + 1)
-    log.info("epoch %d/%d: train ce %.4f, val error %.2f%% (greedy %.2f%%), %.0f images/s", epoch + 1, t.epochs,
-             scalars.get("train/loss/ce", math.nan), val["error"], val["error_greedy"],
-             scalars["train/images_per_second"])
+    checked = f", val error {val['error']:.2f}% (greedy {val['error_greedy']:.2f}%)" if validate else ""
+    log.info("epoch %d/%d: train ce %.4f%s, %.0f images/s", epoch + 1, t.epochs,
+             scalars.get("train/loss/ce", math.nan), checked, scalars["train/images_per_second"])
     writer.flush()
     return scalars
 

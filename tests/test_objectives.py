@@ -152,6 +152,7 @@ def test_weight_decay_shrinks_the_weight_matrices_and_leaves_the_biases():
 @pytest.mark.parametrize("override, allowed", [
     ("model.episodes_per_image=0", "a positive integer"),
     ("trainer.weight_decay=-0.1", "a number >= 0"),
+    ("trainer.val_every=0", "a positive integer"),
     ("model.baseline=mean", "learned, episodes"),
     ("model.baseline=episodes", "episodes needs model.episodes_per_image >= 2, not 1"),
     ("trainer.clip_grad_norm=-1", "a number > 0"),

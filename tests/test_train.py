@@ -159,3 +159,16 @@ def test_reinforce_learns_to_look_at_the_corner_where_the_digit_always_is(tmp_pa
     train(make_cfg(*toy, "model.reinforce_weight=0"), tmp_path / "frozen")
     frozen = mean_glimpse(tmp_path / "frozen")
     assert (frozen.abs() < 0.3).all(), frozen  # seeds 0-7: within 0.09 of the centre
+
+
+def test_val_every_validates_every_kth_epoch_and_after_the_last(tmp_path):
+    from glimpse import compare
+
+    metrics = train(make_cfg("trainer.epochs=3", "trainer.val_every=2", "data.train_limit=512",
+                             "data.eval_limit=200", "trainer.eval_samples=1", "trainer.visual_every=0"), tmp_path)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert ["val/error" in r for r in history] == [False, True, True]
+    assert metrics["best_epoch"] in (2, 3)
+    assert [step for step, _ in compare.curve_and_minutes(compare.load_run(tmp_path))[0]] == [r["step"] for r in
+                                                                                           history[1:]]

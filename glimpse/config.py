@@ -227,10 +227,10 @@ def validate(cfg: DictConfig) -> None:
         v = _get(cfg, "model.std_final")
         if not (v is None or (_is_number(v) and v > 0)):
             raise ConfigError("model.std_final", v, "null or a number > 0")
-    if "greedy_fraction" in model_keys:
-        v = _get(cfg, "model.greedy_fraction")
-        if not (_is_number(v) and 0 <= v < 1):
-            raise ConfigError("model.greedy_fraction", v, "a number in [0, 1)")
+    for key in ("greedy_fraction", "dropout"):
+        v = _get(cfg, f"model.{key}")
+        if key in model_keys and not (_is_number(v) and 0 <= v < 1):
+            raise ConfigError(f"model.{key}", v, "a number in [0, 1)")
     v = _get(cfg, "sensor.scale_factor")
     if not (_is_number(v) and v >= 1):
         raise ConfigError("sensor.scale_factor", v, "a number >= 1")
@@ -244,10 +244,6 @@ def validate(cfg: DictConfig) -> None:
         if cfg.model.baseline == "episodes" and k < 2:
             raise ConfigError("model.baseline", "episodes", f"learned; episodes needs model.episodes_per_image >= 2, "
                               f"not {k}")
-    if "dropout" in model_keys:
-        v = cfg.model.dropout
-        if not (_is_number(v) and 0 <= v < 1):
-            raise ConfigError("model.dropout", v, "a number in [0, 1)")
     if "core" in model_keys:
         one_of("model.core", ("rnn", "lstm", "gru"))
     if "eval_start" in model_keys:

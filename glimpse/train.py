@@ -418,9 +418,9 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
     progress["images_seen"] += n
     step = (epoch + 1) * run.steps_per_epoch
     boxes = run.data.eval_boxes("val")
-    validate = (epoch + 1) % t.get("val_every", 1) == 0 or epoch + 1 == t.epochs
+    validating = (epoch + 1) % t.get("val_every", 1) == 0 or epoch + 1 == t.epochs
     val = {}
-    if validate:
+    if validating:
         val = evaluate_model(run.model, run.data.eval_batches("val", t.eval_batch_size), t.eval_samples,
                              seeded(cfg.seed, "eval", "val", device=run.device), boxes=boxes)
     scalars = {f"train/{k}": v.item() / max(n, 1) for k, v in sums.items()}
@@ -439,7 +439,7 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
                      targets=None if boxes is None else boxes[: len(shown[1])])
         progress["picture_seconds"] = progress.get("picture_seconds", 0.0) + time.perf_counter() - tic
 
-    if validate and val["error"] < progress["best_val_error"]:
+    if validating and val["error"] < progress["best_val_error"]:
         progress["best_val_error"], progress["best_epoch"] = val["error"], epoch + 1
         checkpoint.save({"config": run.config, "epoch": epoch + 1, "model": run.model.state_dict(),
                          "val_error": val["error"]}, run.folder.best)
@@ -449,7 +449,7 @@ def end_epoch(run: Run, epoch: int, sums: dict[str, torch.Tensor], n: int, secon
                                "images_seen": progress["images_seen"],
                                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **scalars})
     run.save_last(epoch + 1)
-    checked = f", val error {val['error']:.2f}% (greedy {val['error_greedy']:.2f}%)" if validate else ""
+    checked = f", val error {val['error']:.2f}% (greedy {val['error_greedy']:.2f}%)" if validating else ""
     log.info("epoch %d/%d: train ce %.4f%s, %.0f images/s", epoch + 1, t.epochs,
              scalars.get("train/loss/ce", math.nan), checked, scalars["train/images_per_second"])
     writer.flush()

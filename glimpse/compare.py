@@ -1,6 +1,7 @@
 """Compare glimpse runs and sweeps: one Markdown table of test errors over seeds, a CSV, and plots.
 
     python -m glimpse.compare <sweep or run folders...> --out DIR [--paper] [--expect-data NAME[=NOTE]]...
+        [--expect-run DATA:MODEL[=NOTE]]...
 
     python -m glimpse.compare multirun/2026-01-02/10-00-00_paper_table --paper --out results/paper_table
     python -m glimpse.compare multirun/a multirun/b --out cmp --expect-data "cifar10=no data on this machine"
@@ -29,6 +30,10 @@ Writes into DIR:
     curves_minutes.png      the same against training minutes (evaluation excluded): learning per unit of compute
     looking_minutes.png     the greedy policy's glimpses on the target (validation, %) against training minutes,
                             where runs record it (canvases)
+    canvas_size.png         the canvas-size curve, where runs on two or more `canvas_mnist<side>` data sets are
+                            given (experiments/canvas_size.py): test error, MACs and pixels read per image and
+                            training images/s against the canvas side, one line per model; a cell named by
+                            --expect-run is marked "not run" at its side
 
 Each file states the command that produced it and the machine. `--paper` adds the published figures
 (RAM: Mnih et al., NIPS 2014; DRAW: Gregor et al., 2015) beside the ram and draw columns (without draw
@@ -89,7 +94,10 @@ FIGURES = {"error_vs_glimpses.png": "test error against glimpses",
            "error_vs_pixels.png": "test error against pixels read per image",
            "curves.png": "validation error during training",
            "curves_minutes.png": "validation error against training minutes",
-           "looking_minutes.png": "greedy glimpses on the target against training minutes"}
+           "looking_minutes.png": "greedy glimpses on the target against training minutes",
+           "canvas_size.png": "test error, cost and speed against the canvas side"}
+# The canvas-size curve's data sets (conf/data/canvas_mnist<side>.yaml): one digit task, canvases of growing side.
+CANVAS_CURVE = re.compile(r"canvas_mnist(\d+)$")
 
 
 @dataclass
@@ -169,7 +177,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="add the published RAM (and DRAW) test errors beside ram (and draw)")
     p.add_argument("--expect-data", action="append", default=[], metavar="NAME[=NOTE]",
                    help="a data set row to show even without runs ('not run'), with an optional note; repeatable")
+    p.add_argument("--expect-run", action="append", default=[], metavar="DATA:MODEL[=NOTE]",
+                   help="a (data set, model) cell to mark 'not run' where it has no runs, with an optional note "
+                        "(why: e.g. one epoch takes longer than the budget); repeatable")
     return p.parse_args(argv)
+
+
+def parse_expected_runs(values: list[str]) -> dict[tuple[str, str], str]:
+    """--expect-run's DATA:MODEL[=NOTE] arguments as {(data, model): note}; ValueError on one without a colon."""
+    expected = {}
+    for value in values:
+        cell, _, note = value.partition("=")
+        data, colon, model = cell.partition(":")
+        if not colon or not data or not model:
+            raise ValueError(f"--expect-run: {value!r} is not DATA:MODEL[=NOTE]")
+        expected[(data, model)] = note
+    return expected
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -367,8 +390,9 @@ def ordered(names: set[str], order: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
-def ordered_columns(runs: list[Run]) -> list[str]:
-    model_of = {r.column: r.model for r in runs}
+def ordered_columns(runs: list[Run], models: set[str] = frozenset()) -> list[str]:
+    """The columns of `runs`, by MODEL_ORDER, then `models` that have no run: a column each, named by the model."""
+    model_of = {r.column: r.model for r in runs} | {m: m for m in models if m not in {r.model for r in runs}}
     rank = {model: i for i, model in enumerate(ordered(set(model_of.values()), MODEL_ORDER))}
     return sorted(model_of, key=lambda c: (rank[model_of[c]], c))
 
@@ -391,7 +415,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def error_table(key: str, data_rows: list[str], columns: list[str], cells: dict[tuple[str, str], Cell],
-                expected: dict[str, str], paper: bool) -> list[str]:
+                expected: dict[str, str], paper: bool,
+                expected_runs: dict[tuple[str, str], str] | None = None) -> list[str]:
     """Rows: data sets; columns: models (and settings); cells: mean ± std (n) of `key` over seeds."""
     header = ["data set"]
     paper_after: dict[str, list[str]] = {}  # the paper columns to put after a column ("": first)
@@ -406,7 +431,8 @@ def error_table(key: str, data_rows: list[str], columns: list[str], cells: dict[
             header.append(column)
             for d, row in zip(data_rows, rows):
                 cell = cells.get((d, column))
-                row.append(cell.text(key) if cell else ("not run" if d in expected else "–"))
+                named = d in expected or (d, column.split(" (")[0]) in (expected_runs or {})
+                row.append(cell.text(key) if cell else ("not run" if named else "–"))
         for model in paper_after.get(column, []):
             name, numbers = PAPER[model]
             header.append(name)
@@ -453,17 +479,19 @@ def on_target_table(data_rows: list[str], columns: list[str], cells: dict[tuple[
 
 
 def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[Run], duplicates: list[Run],
-                expected: dict[str, str], paper: bool, figures: list[str]) -> None:
+                expected: dict[str, str], paper: bool, figures: list[str],
+                expected_runs: dict[tuple[str, str], str] | None = None) -> None:
+    expected_runs = expected_runs or {}
     cells = aggregate(finished)
-    data_rows = ordered({r.data for r in finished} | set(expected), DATA_ORDER)
-    columns = ordered_columns(finished)
+    data_rows = ordered({r.data for r in finished} | set(expected) | {d for d, _ in expected_runs}, DATA_ORDER)
+    columns = ordered_columns(finished, {m for _, m in expected_runs})
     lines = [f"# Comparison of {len(finished)} finished runs", "", provenance(argv, finished + failed), "",
              ("Test error in %, sampled policy (M = trainer.eval_samples runs per image), of the best-validation "
               "checkpoint: mean ± sample standard deviation over seeds (n = seeds). `–`: no run."), ""]
-    lines += error_table("test_error", data_rows, columns, cells, expected, paper)
+    lines += error_table("test_error", data_rows, columns, cells, expected, paper, expected_runs)
     lines += ["", "## Greedy policy", "", ("Test error in % with the policy's mean locations (deterministic models: "
                                             "the same as above)."), ""]
-    lines += error_table("test_error_greedy", data_rows, columns, cells, expected, False)
+    lines += error_table("test_error_greedy", data_rows, columns, cells, expected, False, expected_runs)
     looking = on_target_table(data_rows, columns, cells)
     if looking:
         lines += ["", "## On target", "", ("Glimpses 2 .. T of the greedy policy whose centre lies in the box of the "
@@ -471,6 +499,8 @@ def write_table(path: Path, argv: list[str], finished: list[Run], failed: list[R
                                           "the same for a uniformly random location. `–`: data without a canvas, "
                                           "or no run."), "", *looking]
     notes = [f"- **{d}**: {note}" for d, note in expected.items() if note]
+    notes += [f"- **{d}, {m}**: not run{': ' + note if note else ''}" for (d, m), note in expected_runs.items()
+              if not any(d2 == d and c.split(' (')[0] == m for d2, c in cells)]
     if paper:
         notes.append("- Paper: RAM from Mnih et al., NIPS 2014 (cluttered 100x100: arXiv:1406.6247v1); "
                      "DRAW (differentiable attention) from Gregor et al., ICML 2015, cluttered 100x100.")
@@ -643,9 +673,68 @@ def plot_curves(path: Path, runs: list[Run], data_rows: list[str], note: str, mi
     save(fig, path, note)
 
 
-def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
-    """The figures of FIGURES into `out` (looking_minutes.png only where a run records on_target); returns the names
-    of those drawn."""
+CANVAS_PANELS = (("test_error", "test error (%)", False), ("macs_per_image", "MACs per image (log)", True),
+                 ("pixels_per_image", "pixels read per image (log)", True),
+                 ("train_images_per_second", "training images/s (log)", True))
+
+
+def canvas_sides(data_rows: list[str]) -> dict[str, int]:
+    """{data set: canvas side} of the canvas-size curve's data sets among `data_rows`."""
+    return {d: int(m.group(1)) for d in data_rows if (m := CANVAS_CURVE.match(d))}
+
+
+def plot_canvas_size(path: Path, cells: dict[tuple[str, str], Cell], expected_runs: dict[tuple[str, str], str],
+                     note: str) -> None:
+    """The canvas-size curve: one panel per figure of CANVAS_PANELS against the canvas side, one line per column
+    (mean over seeds; test error ± std); a cell of --expect-run without runs is an x at the top of each panel,
+    labelled "not run"."""
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    sides = canvas_sides(sorted({d for d, _ in cells} | {d for d, _ in expected_runs}))
+    columns = ordered_columns([c.runs[0] for (d, _), c in cells.items() if d in sides],
+                              {m for d, m in expected_runs if d in sides})
+    fig = Figure(figsize=(4.2 * len(CANVAS_PANELS), 3.8))
+    axes = fig.subplots(1, len(CANVAS_PANELS))
+    fig.text(0.005, 0.005, note, fontsize=5, va="bottom", wrap=True)
+    for ax, (key, label, log_y) in zip(axes, CANVAS_PANELS):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(set(sides.values())), [str(s) for s in sorted(set(sides.values()))])
+        ax.minorticks_off()
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        ys = set()
+        for i, column in enumerate(columns):
+            model = column.split(" (")[0]
+            points = sorted((sides[d], cell) for (d, c), cell in cells.items() if c == column and d in sides
+                            and cell.mean(key) is not None)
+            if points:
+                stds = [statistics.stdev(v) if key == "test_error" and len(v := cell.values(key)) > 1 else 0.0
+                        for _, cell in points]
+                ax.errorbar([x for x, _ in points], [cell.mean(key) for _, cell in points], yerr=stds, capsize=3,
+                            marker=MARKERS[i % len(MARKERS)], color=color(model), label=column)
+                ys.update(cell.mean(key) for _, cell in points)
+            missing = [sides[d] for (d, m) in expected_runs if m == model and d in sides
+                       and not any(d2 == d and c == column for d2, c in cells)]
+            for x in missing:  # one row per column from the top, so that markers at one side do not overlap
+                y = 0.95 - 0.07 * i
+                ax.plot([x], [y], marker="x", markersize=7, color=color(model), transform=top, clip_on=False)
+                ax.text(x, y, f"{model}: not run  ", transform=top, fontsize=6, ha="right", va="center",
+                        color=color(model))
+        if log_y and len(ys) == 1 and (y := ys.pop()) > 0:  # one value on a log axis: singular limits
+            ax.set_ylim(y / 2, y * 2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set(xlabel="canvas side (pixels)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    save(fig, path, note)
+
+
+def plot_all(out: Path, finished: list[Run], note: str,
+             expected_runs: dict[tuple[str, str], str] | None = None) -> list[str]:
+    """The figures of FIGURES into `out` (looking_minutes.png only where a run records on_target, canvas_size.png
+    only with two canvas sides of the curve); returns the names of those drawn."""
+    expected_runs = expected_runs or {}
     cells = aggregate(finished)
     data_rows = ordered({r.data for r in finished}, DATA_ORDER)
     plot_error_against_glimpses(out / "error_vs_glimpses.png", cells, data_rows, note)
@@ -655,12 +744,16 @@ def plot_all(out: Path, finished: list[Run], note: str) -> list[str]:
                        data_rows, note, log_x=True)
     plot_curves(out / "curves.png", finished, data_rows, note)
     plot_curves(out / "curves_minutes.png", finished, data_rows, note, minutes=True)
+    drawn = [name for name in FIGURES if name not in ("looking_minutes.png", "canvas_size.png")]
     looking = [r for r in finished if r.looking and r.minutes]
-    if not looking:
-        return [name for name in FIGURES if name != "looking_minutes.png"]
-    plot_curves(out / "looking_minutes.png", looking, ordered({r.data for r in looking}, DATA_ORDER), note,
-                minutes=True, looking=True)
-    return list(FIGURES)
+    if looking:
+        plot_curves(out / "looking_minutes.png", looking, ordered({r.data for r in looking}, DATA_ORDER), note,
+                    minutes=True, looking=True)
+        drawn.append("looking_minutes.png")
+    if len(set(canvas_sides(data_rows + [d for d, _ in expected_runs]).values())) >= 2:
+        plot_canvas_size(out / "canvas_size.png", cells, expected_runs, note)
+        drawn.append("canvas_size.png")
+    return drawn
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -679,6 +772,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     expected = dict(e.split("=", 1) if "=" in e else (e, "") for e in args.expect_data)
+    try:
+        expected_runs = parse_expected_runs(args.expect_run)
+    except ValueError as err:
+        print(f"glimpse.compare: {err}", file=sys.stderr)
+        return 2
 
     runs = [load_run(f) for f in folders]
     failed = [r for r in runs if r.metrics is None]
@@ -690,8 +788,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in kept:
         read_curves(run)
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = plot_all(args.out, kept, provenance(argv, kept)) if kept else []
-    write_table(args.out / "table.md", argv, kept, failed, duplicates, expected, args.paper, figures)
+    figures = plot_all(args.out, kept, provenance(argv, kept), expected_runs) if kept else []
+    write_table(args.out / "table.md", argv, kept, failed, duplicates, expected, args.paper, figures, expected_runs)
     write_csv(args.out / "runs.csv", argv, runs)
     print(f"glimpse.compare: {len(kept)} finished runs, {len(failed)} failed or unfinished, {len(duplicates)} "
           f"duplicates -> {args.out / 'table.md'}")

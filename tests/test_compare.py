@@ -272,7 +272,7 @@ def test_the_committed_comparisons_are_remade_from_the_committed_runs(made, tmp_
     args[args.index("--out") + 1] = str(tmp_path)
     monkeypatch.chdir(ROOT)
     drawn = [name for name in compare.FIGURES if (made.parent / name).exists()]
-    monkeypatch.setattr(compare, "plot_all", lambda out, finished, note: drawn)  # the table only
+    monkeypatch.setattr(compare, "plot_all", lambda out, finished, note, expected_runs=None: drawn)  # the table only
     assert compare.main(args) == 0
     def body(path: Path) -> list[str]:
         return [line for line in path.read_text().splitlines() if not line.startswith("Produced by")]
@@ -402,3 +402,31 @@ def test_runs_that_record_looking_get_a_plot_of_it_against_minutes(tmp_path):
     run = compare.load_run(tmp_path / "runs" / "s0")
     compare.read_curves(run)
     assert run.looking == [20.0, 60.0] and run.minutes == [40 / 60, 1.0]
+
+
+def test_the_canvas_size_curve_plots_every_side_and_says_which_cells_did_not_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    root = tmp_path / "runs"
+    for side, error in ((60, 4.0), (100, 6.0), (200, 9.0)):
+        make_run(root / f"ram_{side}", "ram", f"canvas_mnist{side}", 0, error)
+    make_run(root / "soft_60", "soft", "canvas_mnist60", 0, 5.0)
+    why = "one epoch takes 90 training minutes on one thread"
+    out = tmp_path / "cmp"
+    assert compare.main([str(root), "--out", str(out), f"--expect-run=canvas_mnist200:soft={why}",
+                         "--expect-run=canvas_mnist400:soft", "--expect-run=canvas_mnist400:ram"]) == 0
+    text = (out / "table.md").read_text()
+    rows = table_rows(text)
+    assert rows["canvas_mnist200"] == {"data set": "canvas_mnist200", "ram": "9.00 (n=1)", "soft": "not run"}
+    assert rows["canvas_mnist400"] == {"data set": "canvas_mnist400", "ram": "not run", "soft": "not run"}
+    assert rows["canvas_mnist100"]["soft"] == "–"  # not named: no run, and no word on why
+    assert f"- **canvas_mnist200, soft**: not run: {why}" in text
+    assert "(canvas_size.png)" in text and (out / "canvas_size.png").stat().st_size > 0
+    assert compare.canvas_sides(["mnist", "canvas_mnist400", "canvas_mnist60"]) == {"canvas_mnist400": 400,
+                                                                                      "canvas_mnist60": 60}
+
+
+def test_an_expected_run_without_a_model_is_refused_in_one_line(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "r", "ram", "mnist", 0, 1.0)
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--expect-run=canvas_mnist400"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "glimpse.compare: --expect-run: 'canvas_mnist400' is not DATA:MODEL[=NOTE]")

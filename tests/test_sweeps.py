@@ -155,3 +155,66 @@ def test_slurm_preset_keys_reach_sbatch(tmp_path):
                  "#SBATCH --gpus-per-node=2", "#SBATCH --mem=24GB",
                  "#SBATCH --array=0-1%2"):  # 2 jobs, at most 2 at once
         assert line in lines, script.read_text()
+
+
+def load_canvas_size():
+    spec = importlib.util.spec_from_file_location("canvas_size", ROOT / "experiments" / "canvas_size.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_cell_of_the_canvas_size_curve_composes_with_the_side_and_soft_grid_it_names():
+    from glimpse.config import compose_config
+    from glimpse.models.soft import grid_locations
+
+    curve = load_canvas_size()
+    for side in curve.SIDES:
+        for model in curve.MODELS:
+            cfg = compose_config(curve.overrides(model, side))
+            assert cfg.data.canvas == side and cfg.model.name == model
+            assert cfg.data.distractors == round(4 * side**2 / 60**2)  # cluttered_mnist60's density
+            if model == "soft":  # the grid keeps 13 to 18 cells a side
+                cells = len(grid_locations(side, side, cfg.sensor.patch, cfg.model.stride))
+                assert 13**2 <= cells <= 18**2
+
+
+def test_a_plan_fills_the_minutes_with_epochs_and_marks_the_cells_that_cannot_run(tmp_path, monkeypatch):
+    curve = load_canvas_size()
+    minutes_per_epoch = {("ram", 60): 0.4, ("soft", 60): 2.5, ("ram", 400): 0.5, ("soft", 400): 900.0}
+
+    def timed(cell: list[str], limit: float) -> tuple[float, int]:  # cell: [experiment=<model>_..., data=..<side>]
+        model, side = cell[0].removeprefix("experiment=").split("_")[0], int(cell[1].removeprefix("data=canvas_mnist"))
+        return 60 * minutes_per_epoch[model, side], 5
+
+    monkeypatch.setattr(curve, "epoch_seconds", timed)
+    plan = curve.plan(10.0, tmp_path, ("ram", "soft"), (60, 400))
+    assert [(c["model"], c["side"], c["epochs"]) for c in plan["cells"]] == [
+        ("ram", 60, 25), ("soft", 60, 4), ("ram", 400, 20), ("soft", 400, 0)]
+    assert plan["cells"][3]["reason"] == "one epoch takes 900 training minutes on one thread"
+    assert json.loads((tmp_path / "plan.json").read_text()) == plan
+    assert curve.expected(tmp_path) == [
+        "--expect-run=canvas_mnist400:soft=one epoch takes 900 training minutes on one thread"]
+
+
+@needs_mnist
+def test_the_canvas_size_curve_runs_its_plan_and_compare_draws_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLIMPSE_DATA", str(data_root()))
+    curve = load_canvas_size()
+    seconds, timed = curve.epoch_seconds(curve.overrides("ram", 60), limit=3600)
+    assert seconds > 0 and timed == curve.STEPS
+    cells = [{"model": "ram", "side": side, "data": f"canvas_mnist{side}", "epochs": 1,
+              "overrides": [*curve.overrides("ram", side), *TINY]} for side in (60, 100)]
+    cells.append({"model": "ram", "side": 400, "data": "canvas_mnist400", "epochs": 0, "reason": "too slow",
+                  "overrides": curve.overrides("ram", 400)})
+    (tmp_path / "plan.json").write_text(json.dumps({"minutes": 1, "threads": 1, "cells": cells}))
+    curve.run(tmp_path, seeds=[0], jobs=2)
+    runs = sorted(p.name for p in (tmp_path / "runs").glob("*/metrics.json") for p in [p.parent])
+    assert runs == ["ram_100_s0", "ram_60_s0"]
+    from glimpse import compare
+
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "cmp"), *curve.expected(tmp_path)]) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| canvas_mnist400 | not run |" in table and "- **canvas_mnist400, ram**: not run: too slow" in table
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "cmp" / "canvas_size.png").exists()

@@ -3,6 +3,7 @@ run given the same training minutes at a side.
 
     python experiments/canvas_size.py plan --minutes 15 --out experiments/results/canvas_size
     python experiments/canvas_size.py run --out experiments/results/canvas_size --seeds 0,1,2 [--jobs 2]
+    python experiments/canvas_size.py table --out experiments/results/canvas_size
     python -m glimpse.compare experiments/results/canvas_size/runs --out experiments/results/canvas_size \\
         $(python experiments/canvas_size.py expected --out experiments/results/canvas_size)
 
@@ -20,7 +21,8 @@ epochs that fill `--minutes` of training are fixed from it, floor(minutes / epoc
 timings to `plan.json`. Where one epoch takes longer than the minutes (or the step fails for memory) the cell is
 marked not run, with why; `expected` prints those as `glimpse.compare --expect-run` arguments, so the table and
 the plots say so instead of leaving a gap. `run` trains every planned cell and seed into `runs/<model>_<side>_s<seed>`
-(one thread each, `--jobs` at a time), skipping runs that finished and resuming those that stopped.
+(one thread each, `--jobs` at a time), skipping runs that finished and resuming those that stopped. `table`
+prints the plan as Markdown (each cell's epoch minutes and epochs).
 """
 
 from __future__ import annotations
@@ -136,9 +138,33 @@ def expected(out: Path) -> list[str]:
     return [f"--expect-run={c['data']}:{c['model']}={c['reason']}" for c in cells if c["epochs"] < 1]
 
 
+def plan_table(out: Path) -> str:
+    """plan.json as Markdown: per side (rows) and model (columns), one epoch's training minutes on one thread and
+    the epochs that fill the plan's minutes, or why the cell is not run."""
+    result = json.loads((out / "plan.json").read_text())
+    cells = {(c["side"], c["model"]): c for c in result["cells"]}
+    models = [m for m in MODELS if any(m == model for _, model in cells)] + sorted(
+        {m for _, m in cells} - set(MODELS))
+    lines = [f"| canvas side | {' | '.join(models)} |", "| --- |" + " --- |" * len(models)]
+    for side in sorted({side for side, _ in cells}):
+        row = []
+        for model in models:
+            c = cells.get((side, model))
+            if c is None:
+                row.append("–")
+            elif "epoch_minutes" not in c:
+                row.append(f"not run: {c['reason']}")
+            else:
+                row.append(f"{c['epoch_minutes']:.2f} min, {c['epochs']} epoch{'s' * (c['epochs'] > 1)}"
+                           if c["epochs"] >= 1
+                           else f"{c['epoch_minutes']:.0f} min: not run")
+        lines.append(f"| {side} | {' | '.join(row)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("plan", "run", "expected"))
+    p.add_argument("action", choices=("plan", "run", "expected", "table"))
     p.add_argument("--out", type=Path, required=True, help="the curve's folder: plan.json and runs/")
     p.add_argument("--minutes", type=float, default=15.0, help="plan: training minutes a run")
     p.add_argument("--models", default=",".join(MODELS), help="plan: models, comma-separated")
@@ -150,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         plan(args.minutes, args.out, tuple(args.models.split(",")), tuple(int(s) for s in args.sides.split(",")))
     elif args.action == "run":
         run(args.out, [int(s) for s in args.seeds.split(",")], args.jobs)
+    elif args.action == "table":
+        print(plan_table(args.out))
     else:
         print(shlex.join(expected(args.out)))
     return 0

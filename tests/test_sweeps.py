@@ -195,6 +195,9 @@ def test_a_plan_fills_the_minutes_with_epochs_and_marks_the_cells_that_cannot_ru
     assert json.loads((tmp_path / "plan.json").read_text()) == plan
     assert curve.expected(tmp_path) == [
         "--expect-run=canvas_mnist400:soft=one epoch takes 900 training minutes on one thread"]
+    assert curve.plan_table(tmp_path).splitlines()[2:] == [
+        "| 60 | 0.40 min, 25 epochs | 2.50 min, 4 epochs |",
+        "| 400 | 0.50 min, 20 epochs | 900 min: not run |"]
 
 
 @needs_mnist

@@ -3,6 +3,7 @@ run given the same training minutes at a side.
 
     python experiments/canvas_size.py plan --minutes 15 --out experiments/results/canvas_size
     python experiments/canvas_size.py run --out experiments/results/canvas_size --seeds 0,1,2 [--jobs 2]
+        [--models ram,draw --sides 200,400]
     python experiments/canvas_size.py table --out experiments/results/canvas_size
     python -m glimpse.compare experiments/results/canvas_size/runs --out experiments/results/canvas_size \\
         $(python experiments/canvas_size.py expected --out experiments/results/canvas_size)
@@ -14,15 +15,15 @@ preset (`experiment=<model>_cluttered100`: RAM's 8 glimpses through the 12x12, 4
 changes. soft's grid keeps its cell count: its stride scales with the side, round(6 * side / 100) pixels
 (4, 6, 12, 24): 13 to 18 grid cells a side at every side.
 
-`plan` times each (model, side) on one thread, as the runs train (two side by side on a 2-core machine): the
-median seconds of a few training steps (batch generation included, as in an epoch), scaled to an epoch (a cell
-far over the minutes: its first step after the warm-up). The
-epochs that fill `--minutes` of training are fixed from it, floor(minutes / epoch minutes), and written with the
-timings to `plan.json`. Where one epoch takes longer than the minutes (or the step fails for memory) the cell is
-marked not run, with why; `expected` prints those as `glimpse.compare --expect-run` arguments, so the table and
-the plots say so instead of leaving a gap. `run` trains every planned cell and seed into `runs/<model>_<side>_s<seed>`
-(one thread each, `--jobs` at a time), skipping runs that finished and resuming those that stopped. `table`
-prints the plan as Markdown (each cell's epoch minutes and epochs).
+`plan` times each (model, side) on one thread, as the runs train (two side by side on a 2-core machine; time
+it beside one other run for the same conditions): the median seconds of a few training steps (batch generation
+included, as in an epoch), scaled to an epoch (a cell far over the minutes: its first step after the warm-up).
+The epochs that fill `--minutes` of training are fixed from it, floor(minutes / epoch minutes), and written with
+the timings to `plan.json`. Where one epoch takes longer than the minutes (or the step fails for memory) the
+cell is marked not run, with why; `expected` prints those as `glimpse.compare --expect-run` arguments, so the
+table and the plots say so instead of leaving a gap. `run` trains the planned cells (all, or those of `--models`
+and `--sides`) for each seed into `runs/<model>_<side>_s<seed>` (one thread each, `--jobs` at a time), skipping
+runs that finished and resuming those that stopped. `table` prints the plan as Markdown.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def train_one(cell: dict, seed: int, runs: Path) -> str:
     return f"{folder}: exit {rc} ({shlex.join(command[1:])})"
 
 
-def run(out: Path, seeds: list[int], jobs: int) -> None:
-    cells = [c for c in json.loads((out / "plan.json").read_text())["cells"] if c["epochs"] >= 1]
+def run(out: Path, seeds: list[int], jobs: int, models: tuple[str, ...] = MODELS,
+        sides: tuple[int, ...] = SIDES) -> None:
+    """Train the plan's cells of `models` and `sides` that can run, for each of `seeds`."""
+    cells = [c for c in json.loads((out / "plan.json").read_text())["cells"]
+             if c["epochs"] >= 1 and c["model"] in models and c["side"] in sides]
     with ThreadPoolExecutor(jobs) as pool:
         for line in pool.map(lambda job: train_one(*job, out / "runs"), [(c, s) for c in cells for s in seeds]):
             print(line, flush=True)
@@ -167,15 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("plan", "run", "expected", "table"))
     p.add_argument("--out", type=Path, required=True, help="the curve's folder: plan.json and runs/")
     p.add_argument("--minutes", type=float, default=15.0, help="plan: training minutes a run")
-    p.add_argument("--models", default=",".join(MODELS), help="plan: models, comma-separated")
-    p.add_argument("--sides", default=",".join(map(str, SIDES)), help="plan: canvas sides, comma-separated")
+    p.add_argument("--models", default=",".join(MODELS), help="plan, run: models, comma-separated")
+    p.add_argument("--sides", default=",".join(map(str, SIDES)), help="plan, run: canvas sides, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="run: seeds, comma-separated")
     p.add_argument("--jobs", type=int, default=2, help="run: runs trained at a time, one thread each")
     args = p.parse_args(argv)
+    models, sides = tuple(args.models.split(",")), tuple(int(s) for s in args.sides.split(","))
     if args.action == "plan":
-        plan(args.minutes, args.out, tuple(args.models.split(",")), tuple(int(s) for s in args.sides.split(",")))
+        plan(args.minutes, args.out, models, sides)
     elif args.action == "run":
-        run(args.out, [int(s) for s in args.seeds.split(",")], args.jobs)
+        run(args.out, [int(s) for s in args.seeds.split(",")], args.jobs, models, sides)
     elif args.action == "table":
         print(plan_table(args.out))
     else:

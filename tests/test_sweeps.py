@@ -221,3 +221,9 @@ def test_the_canvas_size_curve_runs_its_plan_and_compare_draws_it(tmp_path, monk
     assert "| canvas_mnist400 | not run |" in table and "- **canvas_mnist400, ram**: not run: too slow" in table
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "cmp" / "canvas_size.png").exists()
+
+
+def test_the_committed_plans_table_is_the_one_its_readme_shows():
+    curve = load_canvas_size()
+    folder = ROOT / "experiments" / "results" / "canvas_size"
+    assert curve.plan_table(folder) in (folder / "README.md").read_text()

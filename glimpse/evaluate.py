@@ -1,14 +1,18 @@
 """Evaluation: the sampled policy (M runs, class probabilities averaged) and the greedy policy (mean locations).
 
-`python -m glimpse.evaluate <run folder> [--checkpoint best|last] [--split test|val]`
-reloads a run's checkpoint and prints its errors, and on canvases how often its glimpses land on the target, as
-JSON, under the names metrics.json gives them.
+`python -m glimpse.evaluate <run folder> [<run folder> ...] [--checkpoint best|last] [--split test|val]`
+reloads each run's checkpoint and prints its errors, and on canvases how often its glimpses land on the target,
+as one JSON line a run, under the names metrics.json gives them.
+
+`python -m glimpse.evaluate <run folders> --check` re-scores each run's best checkpoint on the test set and
+compares the figures with its metrics.json: one line on stderr for each figure that differs, exit status 1 if any.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -144,32 +148,71 @@ def load_weights(model: nn.Module, weights: dict, path: str | Path) -> None:
         raise UserError(f"checkpoint {path} does not fit the model its config describes: {details}") from None
 
 
+SCORED = ("error", "error_greedy", "error_single", "on_target", "on_target_greedy", "on_target_chance")
+
+
+def score_run(run_dir: str | Path, which: str = "best", split: str = "test", device: str | None = None) -> dict:
+    """Re-score one run folder's checkpoint on `split`: its figures under metrics.json's names (None where they
+    do not apply), with the run, checkpoint, epoch and split."""
+    model, state, data = load_run(run_dir, which, device)
+    cfg = OmegaConf.create(state["config"])
+    result = evaluate_model(
+        model, data.eval_batches(split, cfg.trainer.eval_batch_size), cfg.trainer.eval_samples,
+        seeded(cfg.seed, "eval", split, device=data.device), boxes=data.eval_boxes(split),
+    )
+    scored = {"run": str(run_dir), "checkpoint": which, "epoch": state.get("epoch"), "split": split}
+    for key in SCORED:
+        scored[f"{split}_{key}" if key.startswith("error") else key] = result.get(key)
+    return scored
+
+
+def differences(scored: dict, metrics: dict) -> list[str]:
+    """The figures of a test-set re-scoring (`score_run`) that differ from the run's metrics.json, one phrase each."""
+    out = []
+    for key in (f"test_{k}" if k.startswith("error") else k for k in SCORED):
+        mine, theirs = scored.get(key), metrics.get(key)
+        if (mine is None) != (theirs is None) or (mine is not None and not math.isclose(mine, theirs, abs_tol=1e-6)):
+            out.append(f"{key} {theirs} in metrics.json, {mine} re-scored")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glimpse.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a run folder written by python -m glimpse.train")
+    parser.add_argument("runs", nargs="+", metavar="run", help="run folders written by python -m glimpse.train")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--device",
                         help="cpu, cuda, ... (default: the run's own device key; auto is CUDA when present)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare each run's re-scored test figures with its metrics.json (exit 1 if any differ)")
     args = parser.parse_args(argv)
-    try:
-        model, state, data = load_run(args.run, args.checkpoint, args.device)
-        cfg = OmegaConf.create(state["config"])
-        result = evaluate_model(
-            model, data.eval_batches(args.split, cfg.trainer.eval_batch_size), cfg.trainer.eval_samples,
-            seeded(cfg.seed, "eval", args.split, device=data.device), boxes=data.eval_boxes(args.split),
-        )
-    except UserError as err:
-        print(f"glimpse.evaluate: {err}", file=sys.stderr)
+    if args.check and (args.checkpoint, args.split) != ("best", "test"):
+        print("glimpse.evaluate: --check re-scores what metrics.json holds, the best checkpoint on the test set: "
+              "drop --checkpoint and --split", file=sys.stderr)
         return 2
-    print(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint, "epoch": state.get("epoch"),
-                      "split": args.split, f"{args.split}_error": result["error"],
-                      f"{args.split}_error_greedy": result["error_greedy"],
-                      f"{args.split}_error_single": result["error_single"],
-                      # metrics.json's names: null where they do not apply
-                      "on_target": result.get("on_target"), "on_target_greedy": result.get("on_target_greedy"),
-                      "on_target_chance": result.get("on_target_chance")}))
-    return 0
+    differ = 0
+    for run in args.runs:
+        try:
+            scored = score_run(run, args.checkpoint, args.split, args.device)
+            metrics_path = Path(run) / "metrics.json"
+            if args.check and not metrics_path.is_file():
+                raise UserError(f"{run} has no metrics.json to check against (the run did not finish)")
+        except UserError as err:
+            print(f"glimpse.evaluate: {err}", file=sys.stderr)
+            return 2
+        if args.check:
+            try:
+                metrics = json.loads(metrics_path.read_text())
+            except json.JSONDecodeError as err:
+                print(f"glimpse.evaluate: {metrics_path} is not JSON ({err})", file=sys.stderr)
+                return 2
+            found = differences(scored, metrics)
+            scored["matches_metrics"] = not found
+            differ += bool(found)
+            for line in found:
+                print(f"glimpse.evaluate: {run}: {line}", file=sys.stderr)
+        print(json.dumps(scored), flush=True)
+    return 1 if differ else 0
 
 
 def cli() -> None:

@@ -144,6 +144,25 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     evaluated = run("glimpse.evaluate", "run", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test_error"] == metrics["test_error"]
+    checked = run("glimpse.evaluate", "run", "--check", cwd=tmp_path)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["matches_metrics"], checked.stderr
     nothing = run("glimpse.evaluate", "not-a-run", cwd=tmp_path)
     assert nothing.returncode == 2 and len(nothing.stderr.strip().splitlines()) == 1
     one_clear_line(run("glimpse.evaluate", "run", "--device", "gpu0", cwd=tmp_path), "invalid device 'gpu0'", "cuda:N")
+
+
+@needs_mnist
+def test_check_says_which_figure_of_which_run_differs_from_its_metrics(tmp_path):
+    args = ["trainer.epochs=1", "data.train_limit=500", "data.eval_limit=200", "trainer.eval_samples=2",
+            "trainer.progress=false"]
+    for name in ("a", "b"):
+        assert run("glimpse.train", *args, f"hydra.run.dir={name}", cwd=tmp_path).returncode == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps({**metrics, "test_error": metrics["test_error"] + 1}))
+    checked = run("glimpse.evaluate", "a", "b", "--check", cwd=tmp_path)
+    assert checked.returncode == 1
+    assert [json.loads(line)["matches_metrics"] for line in checked.stdout.splitlines()] == [True, False]
+    wrong, right = metrics["test_error"] + 1, metrics["test_error"]
+    assert checked.stderr.strip().splitlines() == [
+        f"glimpse.evaluate: b: test_error {wrong} in metrics.json, {right} re-scored"]
+    one_clear_line(run("glimpse.evaluate", "a", "--check", "--split", "val", cwd=tmp_path), "--check", "drop")

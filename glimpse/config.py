@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from glimpse.data import SOURCES
 from glimpse.errors import ConfigError, UserError
 from glimpse.models import MODELS
+from glimpse.models.draw import CENTRES
 from glimpse.objectives import BASELINES
 from glimpse.sensor import RESIZES
 
@@ -246,6 +247,8 @@ def validate(cfg: DictConfig) -> None:
                               f"not {k}")
     if "core" in model_keys:
         one_of("model.core", ("rnn", "lstm", "gru"))
+    if "centre" in model_keys:
+        one_of("model.centre", CENTRES)
     if "eval_start" in model_keys:
         one_of("model.eval_start", ("centre", "random"))
     for key in ("location_grad_to_core", "fused"):

@@ -9,6 +9,7 @@ N = `patch` (`sensor.patch`):
 
     attention        (g~X, g~Y, log sigma^2, log delta~, log gamma) = Linear(h_{t-1})        (B, 5)
     grid centre      g_X = (A + 1) / 2 (g~X + 1),  g_Y = (B + 1) / 2 (g~Y + 1)                 (B, 2)
+                     (centre="tanh": tanh(g~X), tanh(g~Y) in place of g~X, g~Y: inside the image)
     stride           delta = (max(A, B) - 1) / (N - 1) delta~                                  (B,)
     filter centres   mu_X^i = g_X + (i - N/2 - 0.5) delta,  mu_Y^j = g_Y + (j - N/2 - 0.5) delta   (B, N) each
     filterbank       F_X[i, a] = exp(-(a - mu_X^i)^2 / (2 sigma^2)) / Z_X,  Z_X = sum_a (...)   (B, N, A)
@@ -25,6 +26,11 @@ is the image's centre. The first read comes from h_0 = 0, so from the attention 
 place for every image, as in the paper; the bias starts at the whole image with sigma half the filters'
 spacing. Z_X and Z_Y are held away from 0 (`EPS`): a grid far outside the image reads zeros instead of dividing
 by nothing. A filter's unnormalised weights below exp(-32) (`CUT`) are 0.
+
+`centre="tanh"` (`model.centre`) is not the paper's: it squashes g~X, g~Y so that the grid centre cannot leave the
+image (by more than half a pixel). On a large canvas a step of the unbounded map can move the grid where its
+filters read nothing and give the centre no gradient back, and such a run never recovers
+(experiments/results/draw/screening.md). At g~ = 0, the start, the two agree to first order.
 
 The glimpse network embeds the read alone, not the five parameters: they are a deterministic function of
 h_{t-1}, which the core already holds (RAM embeds its location because a sampled location carries noise the
@@ -53,13 +59,20 @@ EPS = 1e-8  # the least Z_X, Z_Y: a filter whose whole mass lies outside the ima
 CUT = 32.0
 
 
-def attention_parameters(params: Tensor, height: int, width: int, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The grid from the attention map's outputs (..., 5) = (g~X, g~Y, log sigma^2, log delta~, log gamma).
+CENTRES = ("linear", "tanh")
+
+
+def attention_parameters(params: Tensor, height: int, width: int, n: int,
+                         centre: str = "linear") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The grid from the attention map's outputs (..., 5) = (g~X, g~Y, log sigma^2, log delta~, log gamma);
+    `centre`: "linear", the paper's map of g~ to the centre, or "tanh", g~ squashed into (-1, 1) first.
 
     Returns the centre (g_X, g_Y) (..., 2) in the paper's pixels (pixel a at a, counted from 1), the stride
     delta (...) and the standard deviation sigma (...) in pixels, and the intensity gamma (...).
     """
     gx, gy, log_variance, log_delta, log_gamma = params.unbind(-1)
+    if centre == "tanh":
+        gx, gy = torch.tanh(gx), torch.tanh(gy)
     centre = torch.stack(((width + 1) / 2 * (gx + 1), (height + 1) / 2 * (gy + 1)), -1)
     # N = 1 has no stride to set: its one filter sits at g whatever delta is
     delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta)
@@ -137,10 +150,11 @@ class DRAW(nn.Module):
         hidden: int = 256,
         core: str = "lstm",
         dropout: float = 0.0,
+        centre: str = "linear",
     ):
         super().__init__()
         channels = image_shape[0]
-        self.image_shape, self.glimpses, self.patch = tuple(image_shape), glimpses, patch
+        self.image_shape, self.glimpses, self.patch, self.centre = tuple(image_shape), glimpses, patch, centre
         self.attention = nn.Linear(hidden, 5)  # (g~X, g~Y, log sigma^2, log delta~, log gamma) from h_{t-1}
         # The first read (from the bias alone) spans the whole image, its filters as wide as half their spacing:
         # it then sees the image as a blurred N x N thumbnail. With PyTorch's default bias (sigma ~ 1 pixel) it
@@ -158,14 +172,15 @@ class DRAW(nn.Module):
     def from_config(cls, cfg, image_shape: tuple[int, int, int], classes: int) -> DRAW:
         m = cfg.model
         return cls(image_shape, classes, glimpses=m.glimpses, patch=cfg.sensor.patch, glimpse_out=m.glimpse_out,
-                   hidden=m.hidden, core=m.core, dropout=m.get("dropout", 0.0))
+                   hidden=m.hidden, core=m.core, dropout=m.get("dropout", 0.0),
+                   centre=m.get("centre", "linear"))
 
     def filters(self, params: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The grid of the attention map's outputs (B, 5) on an H x W image: centres (B, 2), strides, sigmas,
         gammas (B,), F_X (B, N, W), F_Y (B, N, H); in float32 (float64 stays), outside autocast."""
         with torch.autocast(params.device.type, enabled=False):
             params = params.float() if params.dtype in (torch.float16, torch.bfloat16) else params
-            centres, strides, sigmas, gammas = attention_parameters(params, height, width, self.patch)
+            centres, strides, sigmas, gammas = attention_parameters(params, height, width, self.patch, self.centre)
             f_x, f_y = filterbank(centres, strides, sigmas, self.patch, height, width)
         return centres, strides, sigmas, gammas, f_x, f_y
 

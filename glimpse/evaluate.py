@@ -151,6 +151,11 @@ def load_weights(model: nn.Module, weights: dict, path: str | Path) -> None:
 SCORED = ("error", "error_greedy", "error_single", "on_target", "on_target_greedy", "on_target_chance")
 
 
+def metric_name(key: str, split: str) -> str:
+    """metrics.json's name for an `evaluate_model` figure scored on `split`: the errors carry the split."""
+    return f"{split}_{key}" if key.startswith("error") else key
+
+
 def score_run(run_dir: str | Path, which: str = "best", split: str = "test", device: str | None = None) -> dict:
     """Re-score one run folder's checkpoint on `split`: its figures under metrics.json's names (None where they
     do not apply), with the run, checkpoint, epoch and split."""
@@ -161,15 +166,24 @@ def score_run(run_dir: str | Path, which: str = "best", split: str = "test", dev
         seeded(cfg.seed, "eval", split, device=data.device), boxes=data.eval_boxes(split),
     )
     scored = {"run": str(run_dir), "checkpoint": which, "epoch": state.get("epoch"), "split": split}
-    for key in SCORED:
-        scored[f"{split}_{key}" if key.startswith("error") else key] = result.get(key)
-    return scored
+    return scored | {metric_name(key, split): result.get(key) for key in SCORED}
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """A run folder's metrics.json; a missing or unreadable one is the user's UserError."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no metrics.json to check against (the run did not finish)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not JSON ({err})") from None
 
 
 def differences(scored: dict, metrics: dict) -> list[str]:
     """The figures of a test-set re-scoring (`score_run`) that differ from the run's metrics.json, one phrase each."""
     out = []
-    for key in (f"test_{k}" if k.startswith("error") else k for k in SCORED):
+    for key in (metric_name(k, "test") for k in SCORED):
         mine, theirs = scored.get(key), metrics.get(key)
         if (mine is None) != (theirs is None) or (mine is not None and not math.isclose(mine, theirs, abs_tol=1e-6)):
             out.append(f"{key} {theirs} in metrics.json, {mine} re-scored")
@@ -190,25 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         print("glimpse.evaluate: --check re-scores what metrics.json holds, the best checkpoint on the test set: "
               "drop --checkpoint and --split", file=sys.stderr)
         return 2
-    differ = 0
+    differ = False
     for run in args.runs:
         try:
             scored = score_run(run, args.checkpoint, args.split, args.device)
-            metrics_path = Path(run) / "metrics.json"
-            if args.check and not metrics_path.is_file():
-                raise UserError(f"{run} has no metrics.json to check against (the run did not finish)")
+            metrics = read_metrics(run) if args.check else None
         except UserError as err:
             print(f"glimpse.evaluate: {err}", file=sys.stderr)
             return 2
-        if args.check:
-            try:
-                metrics = json.loads(metrics_path.read_text())
-            except json.JSONDecodeError as err:
-                print(f"glimpse.evaluate: {metrics_path} is not JSON ({err})", file=sys.stderr)
-                return 2
+        if metrics is not None:
             found = differences(scored, metrics)
             scored["matches_metrics"] = not found
-            differ += bool(found)
+            differ |= bool(found)
             for line in found:
                 print(f"glimpse.evaluate: {run}: {line}", file=sys.stderr)
         print(json.dumps(scored), flush=True)

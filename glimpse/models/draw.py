@@ -73,10 +73,10 @@ def attention_parameters(params: Tensor, height: int, width: int, n: int,
     gx, gy, log_variance, log_delta, log_gamma = params.unbind(-1)
     if centre == "tanh":
         gx, gy = torch.tanh(gx), torch.tanh(gy)
-    centre = torch.stack(((width + 1) / 2 * (gx + 1), (height + 1) / 2 * (gy + 1)), -1)
+    g = torch.stack(((width + 1) / 2 * (gx + 1), (height + 1) / 2 * (gy + 1)), -1)
     # N = 1 has no stride to set: its one filter sits at g whatever delta is
     delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta)
-    return centre, delta, torch.exp(log_variance / 2), torch.exp(log_gamma)
+    return g, delta, torch.exp(log_variance / 2), torch.exp(log_gamma)
 
 
 def locations_of(centres: Tensor, height: int, width: int) -> Tensor:
